@@ -1,0 +1,1 @@
+"""The MyX agent daemon."""
