@@ -57,7 +57,7 @@ class AuthThrottle:
         while failures and failures[0] < cutoff:
             failures.popleft()
         excess = len(failures) - self.FREE_FAILURES
-        return 0.0 if excess < 0 else min(0.25 * 2**excess, self.MAX_DELAY)
+        return 0.0 if excess <= 0 else min(0.25 * 2**excess, self.MAX_DELAY)
 
     async def failed(self, address: str) -> None:
         failures = self._failures.setdefault(address, collections.deque(maxlen=64))

@@ -7,6 +7,7 @@ carrying the error to send back, so every driver answers bad input the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Union
 
@@ -89,11 +90,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_float(text: str) -> float:
+    # A literal too large for a double (1e400) would become inf, which encode() cannot send back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def decode(data: Union[bytes, str]) -> Union[Message, Batch]:
     """Parse one JSON-RPC payload: a single message or a batch."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return Invalid(ParseError(f"Parse error: {_short(exc)}"))
     if isinstance(obj, list):
@@ -162,7 +171,12 @@ def encode(message: Union[Message, Batch, Sequence[Message]]) -> bytes:
         payload = to_obj(message)
     else:
         payload = [to_obj(m) for m in message]
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\ud800") has no UTF-8 form; \u escapes carry it intact.
+        return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def to_obj(message: Message) -> Dict[str, Any]:

@@ -119,10 +119,16 @@ def _check_int(name: str, value: Any, _args: Tuple[Any, ...], meta: Any) -> int:
 
 
 def _check_float(name: str, value: Any, _args: Tuple[Any, ...], meta: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise _fail(name, "a number", value)
-    _check_range(name, value, meta)
-    return float(value)
+    try:
+        number = float(value)  # an int beyond the float range raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidParams(f"Invalid params: {name!r} must be a finite number", {"param": name})
+    _check_range(name, number, meta)
+    return number
 
 
 def _check_bool(name: str, value: Any, _args: Tuple[Any, ...], _meta: Any) -> bool:
