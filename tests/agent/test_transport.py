@@ -146,3 +146,14 @@ def test_tls_is_verified_and_old_protocols_are_refused(agent: AgentProcess) -> N
     ctx.set_ciphers("ALL:@SECLEVEL=0")
     with httpx.Client(verify=ctx) as client, pytest.raises(httpx.ConnectError):
         client.post(agent.url, content=json.dumps(_health()))
+
+
+def test_tokens_and_command_environment_never_reach_the_log(make_agent) -> None:  # type: ignore[no-untyped-def]
+    proc = make_agent()
+    proc.post(_health(), token="guessed-token-value")
+    proc.run("true", env={"DB_PASSWORD": "hunter2-secret"})
+    proc.stop()
+    log = proc.log_path.read_text()
+    assert "command finished" in log  # the log does record events
+    for secret in (TOKEN, "guessed-token-value", "hunter2-secret"):
+        assert secret not in log

@@ -222,7 +222,11 @@ class _WsSession:
         if self.closed:
             return
         async with self._send_lock:
-            await self._send({"type": "websocket.send", "text": payload.decode("utf-8")})
+            try:
+                await self._send({"type": "websocket.send", "text": payload.decode("utf-8")})
+            except (OSError, RuntimeError):
+                # The peer went away mid-send; the receive loop sees the disconnect and cleans up.
+                self.closed = True
 
     async def notify(self, method: str, params: Dict[str, Any]) -> None:
         await self.send(jsonrpc.encode(jsonrpc.Notification(method, params)))
