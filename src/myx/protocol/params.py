@@ -89,7 +89,9 @@ def _check(name: str, value: Any, hint: Any, meta: Any) -> Any:
         if value is None and _NoneType in args:
             return None
         inner = [a for a in args if a is not _NoneType]
-        hint = inner[0] if len(inner) == 1 else Any
+        if len(inner) > 1:
+            return _check_any_of(name, value, inner, meta)
+        hint = inner[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     checker = _CHECKERS.get(origin or hint)
     if checker is None:
@@ -97,9 +99,25 @@ def _check(name: str, value: Any, hint: Any, meta: Any) -> Any:
     return checker(name, value, args, meta)
 
 
+def _check_any_of(name: str, value: Any, hints: List[Any], meta: Any) -> Any:
+    """The first union member *value* fits; the error lists them all."""
+    for hint in hints:
+        try:
+            return _check(name, value, hint, meta)
+        except InvalidParams:
+            continue
+    names = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
+    raise InvalidParams(f"Invalid params: {name!r} must be {names}, got {_json_type(value)}", {"param": name})
+
+
 def _check_str(name: str, value: Any, _args: Tuple[Any, ...], meta: Any) -> str:
     if not isinstance(value, str):
         raise _fail(name, "a string", value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can escape a lone surrogate; it is not text, and exec/open would choke on it.
+        raise InvalidParams(f"Invalid params: {name!r} is not valid Unicode", {"param": name}) from None
     _check_len(name, value, meta)
     if meta.get("nonempty") and not value:
         raise InvalidParams(f"Invalid params: {name!r} must not be empty", {"param": name})
