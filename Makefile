@@ -23,6 +23,7 @@ pyz: install
 ## bench: run the agent RPC benchmark
 bench: install
 	$(VENV_PY) bench/agent_rpc.py
+	$(VENV_PY) bench/dispatch.py
 
 ## clean: remove build outputs and tool caches (keeps .venv)
 clean:

@@ -1,0 +1,1 @@
+"""The MyX control server: hosts, agents, commands, batches, heartbeats, REST API."""

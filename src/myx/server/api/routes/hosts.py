@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import select
+
+from myx.server.api.deps import CurrentUser, RuntimeDep, SessionDep
+from myx.server.api.schemas import AgentEventOut, HostCreate, HostOut, Page
+from myx.server.db.models import AgentEvent
+from myx.server.errors import InvalidInput
+from myx.server.services.hosts import HostFilter
+
+router = APIRouter(prefix="/api/hosts", tags=["hosts"])
+
+
+def _labels(selectors: list[str]) -> dict[str, str]:
+    labels = {}
+    for selector in selectors:
+        key, sep, value = selector.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"label filter {selector!r} must look like key=value")
+        labels[key] = value
+    return labels
+
+
+@router.get("", response_model=Page[HostOut])
+async def list_hosts(
+    runtime: RuntimeDep,
+    session: SessionDep,
+    _user: CurrentUser,
+    label: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies query defaults
+    status: Annotated[str | None, Query(pattern="^(unknown|online|offline)$")] = None,
+    q: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[HostOut]:
+    hosts, total = await runtime.hosts.list_hosts(
+        session, HostFilter(_labels(label), status, q), limit, offset
+    )
+    return Page(items=[HostOut.of(h) for h in hosts], total=total, limit=limit, offset=offset)
+
+
+@router.post("", response_model=HostOut, status_code=201)
+async def create_host(
+    body: HostCreate, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser
+) -> HostOut:
+    host = await runtime.hosts.create(
+        session, body.name, body.address, body.labels, body.description, body.rpc_port
+    )
+    await session.commit()
+    return HostOut.of(host, detail=True)
+
+
+@router.get("/{ref}", response_model=HostOut)
+async def get_host(ref: str, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser) -> HostOut:
+    return HostOut.of(await runtime.hosts.get(session, ref), detail=True)
+
+
+@router.delete("/{ref}", status_code=204)
+async def delete_host(ref: str, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser) -> Response:
+    await runtime.hosts.delete(session, ref)
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/{ref}/bundle", response_class=Response)
+async def host_bundle(ref: str, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser) -> Response:
+    """config.json + ssl/ as tar.gz for a manual install (a fresh certificate each time)."""
+    host = await runtime.hosts.get(session, ref)
+    data = runtime.hosts.bundle_tar(host)
+    await session.commit()
+    headers = {"Content-Disposition": f'attachment; filename="myx-agent-{host.name}.tar.gz"'}
+    return Response(data, media_type="application/gzip", headers=headers)
+
+
+@router.get("/{ref}/events", response_model=list[AgentEventOut])
+async def host_events(
+    ref: str,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    _user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AgentEventOut]:
+    host = await runtime.hosts.get(session, ref)
+    rows = await session.execute(
+        select(AgentEvent).where(AgentEvent.host_id == host.id).order_by(AgentEvent.id.desc()).limit(limit)
+    )
+    return [
+        AgentEventOut(
+            old_status=e.old_status, new_status=e.new_status, reason=e.reason, created_at=e.created_at
+        )
+        for e in rows.scalars()
+    ]

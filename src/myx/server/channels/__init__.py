@@ -1,0 +1,1 @@
+"""Channels to agents: one interface, whichever side dialled."""

@@ -1,0 +1,102 @@
+"""Everything one control-server process holds: storage, CA, channels, services, background tasks.
+
+Built from :class:`Settings` by ``create_app()`` (never at import time) and started/stopped by
+the app's lifespan.  Services get their collaborators here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from myx.server.channels.base import AgentEndpoint
+from myx.server.channels.http import HttpAgentChannel, make_client
+from myx.server.channels.retry import RetryPolicy
+from myx.server.db import migrate
+from myx.server.db.base import make_engine, make_sessionmaker
+from myx.server.errors import ConfigurationError
+from myx.server.metrics import Metrics
+from myx.server.security.ca import FleetCA
+from myx.server.security.crypto import SecretBox
+from myx.server.services.batches import BatchService
+from myx.server.services.commands import CommandService
+from myx.server.services.events import EventBus
+from myx.server.services.heartbeats import HeartbeatScheduler
+from myx.server.services.hosts import HostService
+from myx.server.services.store import WriteQueue
+from myx.server.services.users import UserService
+from myx.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        ensure_data_dir(settings)
+        self.box = SecretBox(settings.effective_secret())
+        self.ca = FleetCA.load_or_create(settings.ca_dir)
+        self.engine = make_engine(settings.db_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.events = EventBus()
+        self.metrics = Metrics()
+        self.writer = WriteQueue(self.sessions)
+        self.policy = RetryPolicy(settings.agent_rpc_retry_max_attempts, settings.agent_rpc_retry_base_delay)
+        self.client = make_client(self.ca.agent_ssl_context())
+        self.hosts = HostService(self.box, self.ca)
+        self.users = UserService()
+        self.commands = CommandService(
+            self.sessions,
+            self.writer,
+            self.events,
+            self.box,
+            channel_for=self.channel_for,
+            endpoint_for=self.hosts.endpoint,
+            log_poll_wait=settings.log_poll_wait,
+            rpc_timeout=settings.agent_rpc_timeout,
+            metrics=self.metrics,
+        )
+        self.batches = BatchService(
+            self.sessions, self.writer, self.events, self.hosts, self.commands, settings.max_batch_concurrency
+        )
+        self.heartbeats = HeartbeatScheduler(
+            self.sessions,
+            self.writer,
+            self.events,
+            self.hosts,
+            self.commands,
+            self.channel_for,
+            self.metrics,
+            min_interval=settings.agent_heartbeat_min_interval,
+            max_interval=settings.agent_heartbeat_max_interval,
+            concurrency=settings.heartbeat_concurrency,
+            reinstall_after=settings.reinstall_after_failed_cycles,
+        )
+
+    def channel_for(self, endpoint: AgentEndpoint) -> HttpAgentChannel:
+        return HttpAgentChannel(endpoint, self.client, self.policy, self.settings.agent_rpc_timeout)
+
+    async def start(self, background: bool = True) -> None:
+        url = self.settings.db_url
+        if self.settings.auto_migrate:
+            await migrate.upgrade(url)
+        elif not await migrate.check_up_to_date(url):
+            raise ConfigurationError("the database schema is not up to date: run 'myx db upgrade' first")
+        self.writer.start()
+        if background:
+            await self.commands.resume_all()
+            await self.batches.resume_all()
+            self.heartbeats.start()
+
+    async def stop(self) -> None:
+        await self.heartbeats.stop()
+        await self.batches.stop()
+        await self.commands.stop()
+        await self.writer.stop()
+        await self.client.aclose()
+        await self.engine.dispose()

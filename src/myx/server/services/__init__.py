@@ -1,0 +1,1 @@
+"""Services: the domain logic between thin API routes and the channels/storage below."""
