@@ -16,18 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.agentproc import TOKEN, AgentProcess
-
-
-def _percentile(samples: list[float], pct: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+from support.benchtable import percentile, print_table
 
 
 async def _health_rate(agent: AgentProcess, seconds: float, concurrency: int) -> float:
@@ -79,7 +74,7 @@ def main() -> int:
         agent = AgentProcess(Path(tmp), command=command, max_concurrent_commands=256)
         agent.start()
         try:
-            rows: list[tuple[str, Any]] = []
+            rows: list[tuple[str, str]] = []
             agent.call("health_check")
             rows.append(
                 (
@@ -91,15 +86,11 @@ def main() -> int:
             rows.append((f"health_check calls/s ({args.concurrency} clients)", f"{rate:.0f}"))
             latency = _execute_latency(agent, args.runs)
             rows.append(("`true` execute-to-final p50 (ms)", f"{statistics.median(latency):.2f}"))
-            rows.append(("`true` execute-to-final p95 (ms)", f"{_percentile(latency, 95):.2f}"))
+            rows.append(("`true` execute-to-final p95 (ms)", f"{percentile(latency, 95):.2f}"))
             rows.append(("`true` execute-to-final max (ms)", f"{max(latency):.2f}"))
         finally:
             agent.stop()
-    width = max(len(name) for name, _ in rows)
-    print(f"{'metric':<{width}}  value")
-    print(f"{'-' * width}  -----")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_table(rows)
     return 0
 
 

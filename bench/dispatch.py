@@ -18,12 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from support.benchtable import percentile, print_table
 from support.serverproc import ServerProcess
-
-
-def _pct(samples: list[float], pct: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def _one(server: ServerProcess, runs: int) -> list[float]:
@@ -76,15 +72,11 @@ def main() -> int:
             server.shutdown()
     rows = [
         ("`true` on 1 agent, API to stored result p50 (ms)", statistics.median(one)),
-        ("`true` on 1 agent, API to stored result p95 (ms)", _pct(one, 95)),
+        ("`true` on 1 agent, API to stored result p95 (ms)", percentile(one, 95)),
         (f"`true` fan-out to {args.agents} agents, all stored p50 (ms)", statistics.median(fan)),
-        (f"`true` fan-out to {args.agents} agents, all stored p95 (ms)", _pct(fan, 95)),
+        (f"`true` fan-out to {args.agents} agents, all stored p95 (ms)", percentile(fan, 95)),
     ]
-    width = max(len(name) for name, _ in rows)
-    print(f"{'metric':<{width}}  value")
-    print(f"{'-' * width}  -----")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:.1f}")
+    print_table([(name, f"{value:.1f}") for name, value in rows])
     return 0
 
 

@@ -90,10 +90,7 @@ def test_cancel_and_timeout(server: ServerProcess) -> None:
     created = server.ok(
         server.api.post("/api/commands", json={"host": "web1", "command": "sleep", "args": ["300"]})
     )
-    deadline = time.monotonic() + 10
-    while server.ok(server.api.get(f"/api/commands/{created['id']}"))["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    server.wait_command(created["id"], "running")
     server.ok(server.api.post(f"/api/commands/{created['id']}/cancel"))
     final = server.ok(server.api.get(f"/api/commands/{created['id']}", params={"wait": 30}))
     assert final["status"] == "cancelled"

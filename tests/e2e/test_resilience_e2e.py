@@ -22,10 +22,7 @@ def test_killed_agent_goes_offline_and_its_command_is_lost_with_a_reason(
     created = server.ok(
         server.api.post("/api/commands", json={"host": "victim", "command": "sleep", "args": ["300"]})
     )
-    deadline = time.monotonic() + 10
-    while server.ok(server.api.get(f"/api/commands/{created['id']}"))["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    server.wait_command(created["id"], "running")
     agent.kill()
     # heartbeats every 0.3-0.6 s, retries 0.1/0.2/0.4 s: offline well within 15 s
     host = server.wait_status("victim", "offline", timeout=15)
@@ -130,3 +127,22 @@ def test_agent_refusing_our_token_is_offline_at_once(make_server: Callable[..., 
     server.start_agent("stranger", agent_token="a-token-the-server-does-not-know-000000")
     host = server.wait_status("stranger", "offline", timeout=10)
     assert "token" in host["agent"]["last_error"]
+
+
+def test_command_the_agent_forgot_is_lost_with_a_reason(make_server: Callable[..., ServerProcess]) -> None:
+    import shutil
+
+    server = make_server().setup().start()
+    server.add_host("amnesiac")
+    agent = server.start_agent("amnesiac")
+    server.wait_status("amnesiac", "online")
+    created = server.ok(
+        server.api.post("/api/commands", json={"host": "amnesiac", "command": "sleep", "args": ["300"]})
+    )
+    server.wait_command(created["id"], "running")
+    agent.kill()
+    shutil.rmtree(agent.folder / "state")  # the host was rebuilt: the agent's spool is gone
+    agent.start()
+    final = server.ok(server.api.get(f"/api/commands/{created['id']}", params={"wait": 30}))
+    assert final["status"] == "lost"
+    assert "no longer knows" in final["status_reason"]

@@ -174,6 +174,16 @@ class ServerProcess:
         )
         return dict(self.ok(self.api.get(f"/api/commands/{created['id']}", params={"wait": wait})))
 
+    def wait_command(self, command_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll until the command reaches *status* (e.g. running), for tests that act mid-command."""
+        deadline = time.monotonic() + timeout
+        while True:
+            command = dict(self.ok(self.api.get(f"/api/commands/{command_id}")))
+            if command["status"] == status:
+                return command
+            assert time.monotonic() < deadline, f"command {command_id} not {status}: {command}"
+            time.sleep(0.05)
+
     def output(self, command_id: str) -> bytes:
         from myx.protocol.output import chunk_bytes
 

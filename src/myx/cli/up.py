@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,11 +171,20 @@ def _banner(settings: Settings, info: dict[str, Any]) -> None:
         lines.append("  login:      admin (password as printed the first time; reset: myx user passwd)")
     lines += [
         "  the CLI is logged in already; try:",
-        f"    myx run {LOCAL_HOST} -- uname -a",
+        f"    {_myx_command()} run {LOCAL_HOST} -- uname -a",
         "  Ctrl-C stops the server and the local agent.",
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _myx_command() -> str:
+    """How to call this very CLI again: plain `myx` when that is what PATH finds."""
+    argv0 = os.path.abspath(sys.argv[0])
+    if argv0.endswith(("main.py", "__main__.py")):
+        return f"{sys.executable} -m myx.cli.main"
+    found = shutil.which("myx")
+    return "myx" if found and os.path.realpath(found) == os.path.realpath(argv0) else argv0
 
 
 def _stop_agent(agent: subprocess.Popen[bytes]) -> None:

@@ -228,12 +228,8 @@ class BatchService:
         return list(rows.scalars()), int(total)
 
     async def wait_final(self, batch_id: str, timeout: float) -> Batch:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
+        async def load() -> Batch:
             async with self.sessions() as session:
-                batch = await self._get(session, batch_id)
-            remaining = deadline - loop.time()
-            if batch.status != RUNNING or remaining <= 0:
-                return batch
-            await self.events.wait(f"batch:{batch_id}", min(remaining, 5.0))
+                return await self._get(session, batch_id)
+
+        return await self.events.wait_until(f"batch:{batch_id}", load, lambda b: b.status != RUNNING, timeout)

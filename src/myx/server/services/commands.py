@@ -42,7 +42,7 @@ from myx.server.db.models import (
 from myx.server.errors import AgentUnavailable, InvalidInput, NotFound, StateConflict
 from myx.server.metrics import Metrics
 from myx.server.security.crypto import SecretBox
-from myx.server.services.events import EventBus
+from myx.server.services.events import EventBus, sleep_until
 from myx.server.services.store import WriteQueue
 
 log = logging.getLogger(__name__)
@@ -511,30 +511,27 @@ class CommandService:
     ) -> AsyncIterator[OutputPage | None]:
         """Pages of output as they are stored, until complete; None after *idle* seconds of silence."""
         while True:
-            async with self.sessions() as session:
-                page = await self.read_output(session, command_id, offset)
-            if page.chunks or page.complete:
-                yield page
-                offset = page.next_offset
-                if page.complete:
-                    return
-                continue
-            await self.events.wait(f"command:{command_id}", idle)
-            async with self.sessions() as session:
-                stored = await self.read_output(session, command_id, offset, 1)
-            if not stored.chunks and not stored.complete:
-                yield None  # keep-alive for the transport
+            with self.events.watch(f"command:{command_id}") as woken:
+                async with self.sessions() as session:
+                    page = await self.read_output(session, command_id, offset)
+                if not page.chunks and not page.complete:
+                    await sleep_until(woken, idle)
+                    if not woken.done():
+                        yield None  # keep-alive for the transport
+                    continue
+            yield page
+            offset = page.next_offset
+            if page.complete:
+                return
 
     async def wait_final(self, command_id: str, timeout: float) -> Command:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
+        async def load() -> Command:
             async with self.sessions() as session:
-                command = await self.get(session, command_id)
-            remaining = deadline - loop.time()
-            if command.status in FINAL_STATES or remaining <= 0:
-                return command
-            await self.events.wait(f"command:{command_id}", remaining)
+                return await self.get(session, command_id)
+
+        return await self.events.wait_until(
+            f"command:{command_id}", load, lambda c: c.status in FINAL_STATES, timeout
+        )
 
     # cancelling
 

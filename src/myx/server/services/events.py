@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 SUBSCRIBER_QUEUE = 1000
+
+T = TypeVar("T")
 
 
 class EventBus:
@@ -46,17 +48,40 @@ class EventBus:
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait(self, key: str, timeout: float) -> None:
-        """Return at the next :meth:`wake` of *key*, or after *timeout* seconds."""
+    @contextlib.contextmanager
+    def watch(self, key: str) -> Iterator[asyncio.Future[None]]:
+        """A future that the next :meth:`wake` of *key* completes.
+
+        Register before reading the state you wait on: a wake-up that lands while the read is
+        in flight then still counts, instead of being missed until a timeout.
+        """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[key].append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            yield fut
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None and fut in waiters:
                 waiters.remove(fut)
                 if not waiters:
                     del self._waiters[key]
+
+    async def wait_until(
+        self, key: str, probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float
+    ) -> T:
+        """Re-run *probe* at every wake-up of *key* until *done* says so or *timeout* passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self.watch(key) as woken:
+                value = await probe()
+                remaining = deadline - loop.time()
+                if done(value) or remaining <= 0:
+                    return value
+                await sleep_until(woken, remaining)
+
+
+async def sleep_until(fut: asyncio.Future[None], timeout: float) -> None:
+    """Wait for *fut* at most *timeout* seconds, without cancelling it for other waiters."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
