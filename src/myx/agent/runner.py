@@ -442,7 +442,7 @@ class Runner:
         command.log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(command.directory, SCRIPT_FILE))
-        self._write_json(command, RESULT_FILE, self._persisted_result(command))
+        self._write_json(command, RESULT_FILE, self._persisted_result(command), durable=True)
         log.info(
             "command finished id=%s status=%s return_code=%s output_bytes=%d",
             command.id, command.status, command.return_code, command.log.size,
@@ -464,14 +464,16 @@ class Runner:
         }
 
     @staticmethod
-    def _write_json(command: Command, name: str, data: Dict[str, Any]) -> None:
-        # Write-then-rename so a crash never leaves a half-written result behind.
+    def _write_json(command: Command, name: str, data: Dict[str, Any], durable: bool = False) -> None:
+        # Write-then-rename so a crash never leaves a half-written file behind; only the result is
+        # worth an fsync (it must survive a power cut), the meta is rewritten at every start.
         path = os.path.join(command.directory, name)
         tmp = path + ".tmp"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def _restore(self, name: str, directory: str) -> Command:
@@ -507,7 +509,7 @@ class Runner:
         command.status = FAILED
         command.error = "the agent restarted while the command was running; later output was lost"
         command.finished_at = time.time()
-        self._write_json(command, RESULT_FILE, self._persisted_result(command))
+        self._write_json(command, RESULT_FILE, self._persisted_result(command), durable=True)
 
     def prune(self) -> None:
         """Forget finished commands older than the retention period, spool files included."""

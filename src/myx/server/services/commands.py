@@ -281,16 +281,24 @@ class CommandService:
     async def _drive(self, job: _Job) -> None:
         channel: AgentChannel = self.channel_for(job.endpoint)
         try:
-            if job.status == PENDING and not await self._dispatch(job, channel):
-                return
-            await self._pump(job, channel)
+            marked: asyncio.Future[bool] | None = None
+            if job.status == PENDING:
+                marked = await self._dispatch(job, channel)
+                if marked is None:
+                    return
+            await self._pump(job, channel, marked)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("command driver failed id=%s", job.command_id)
             await self._finish(job.command_id, FAILED, f"internal error while following the command: {exc}")
 
-    async def _dispatch(self, job: _Job, channel: AgentChannel) -> bool:
+    async def _dispatch(self, job: _Job, channel: AgentChannel) -> asyncio.Future[bool] | None:
+        """Send the command; None when it could not be, else the pending 'running' write.
+
+        The write is not awaited here: the first output fetch overlaps it, and the same write
+        queue commits it before any output of the command.
+        """
         for _ in range(BUSY_RETRIES):
             try:
                 with self.metrics.dispatch_seconds.time():
@@ -300,13 +308,13 @@ class CommandService:
                     await asyncio.sleep(2.0)  # the agent is at its concurrency limit: queue here
                     continue
                 await self._finish(job.command_id, FAILED, f"the agent refused the command: {exc.message}")
-                return False
+                return None
             except (AgentUnavailable, AgentHttpError) as exc:
                 await self._finish(job.command_id, FAILED, f"could not dispatch: {exc.message}")
-                return False
-            return await self._mark_running(job.command_id)
+                return None
+            return asyncio.ensure_future(self._mark_running(job.command_id))
         await self._finish(job.command_id, FAILED, "the agent stayed at its concurrency limit")
-        return False
+        return None
 
     async def _mark_running(self, command_id: str) -> bool:
         now = utcnow()
@@ -323,7 +331,9 @@ class CommandService:
         self._wake(command_id, RUNNING)
         return running
 
-    async def _pump(self, job: _Job, channel: AgentChannel) -> None:
+    async def _pump(
+        self, job: _Job, channel: AgentChannel, marked: asyncio.Future[bool] | None = None
+    ) -> None:
         offset = job.offset
         failures = 0
         while True:
@@ -362,6 +372,9 @@ class CommandService:
             failures = 0
             if reply.get("offset", offset) != offset:
                 raise ValueError(f"agent answered for offset {reply.get('offset')} instead of {offset}")
+            if marked is not None and not await marked:
+                return  # cancelled while it was being dispatched: the cancellation stands
+            marked = None
             offset = await self._store(job.command_id, offset, reply)
             if reply.get("is_final"):
                 return
