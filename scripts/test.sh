@@ -3,7 +3,7 @@
 #   1. create .venv (python3 -m venv) if needed and `pip install -e '.[dev]'` into it
 #      (again only when pyproject.toml changed since the last install);
 #   2. scripts/lint.sh;
-#   3. scripts/build_agent_pyz.py (dist/myx-agent.pyz);
+#   3. scripts/install_test_deps.sh (sshd, sshpass) and scripts/build_agent_pyz.py (dist/myx-agent.pyz);
 #   4. pytest, with this script's arguments: scripts/test.sh tests/protocol -x
 #
 # Environment:
@@ -88,6 +88,9 @@ else
     step "lint: scripts/lint.sh"
     bash scripts/lint.sh
 fi
+
+step "system packages the tests need: scripts/install_test_deps.sh"
+bash scripts/install_test_deps.sh
 
 step "agent zipapp: scripts/build_agent_pyz.py"
 "$VENV/bin/python" scripts/build_agent_pyz.py

@@ -192,3 +192,22 @@ def test_myx_up_starts_everything_and_runs_a_command(tmp_path: Path) -> None:
     finally:
         again.send_signal(signal.SIGINT)
         again.wait(30)
+
+
+def test_user_passwd_then_login_with_the_new_password(server: ServerProcess, tmp_path: Path) -> None:
+    server.myx("user", "create", "carol", "--password", "first-password-1")
+    changed = server.myx("user", "passwd", "carol", "--password", "second-password-2")
+    assert "changed" in changed.stdout
+    assert (
+        httpx.post(
+            f"{server.url}/api/auth/login", json={"username": "carol", "password": "first-password-1"}
+        ).status_code
+        == 401
+    )
+    ok = httpx.post(
+        f"{server.url}/api/auth/login", json={"username": "carol", "password": "second-password-2"}
+    )
+    assert ok.status_code == 200
+    short = server.myx("user", "passwd", "carol", "--password", "short", check=False)
+    assert short.returncode != 0
+    assert "at least 8" in short.stderr

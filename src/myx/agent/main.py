@@ -1,4 +1,4 @@
-"""``myx-agent``: run the agent, check its config, print its version."""
+"""``myx-agent``: run the agent, check its config, print its version, supervise it without systemd."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional
 
 from myx import __version__
-from myx.agent import agentlog
+from myx.agent import agentlog, supervisor
 from myx.agent.certs import ensure_certificate
 from myx.agent.config import AgentConfig, config_path, insecure_mode_problem, load_config
 from myx.agent.errors import AgentError, ConfigError
@@ -29,6 +29,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "version":
         print(f"myx-agent {__version__} (Python {sys.version.split()[0]})")
         return 0
+    # Driving a running supervisor needs only its pidfile: these work even with a broken config.
+    if args.command == "stop":
+        return supervisor.stop(args.pidfile, args.timeout)
+    if args.command == "status":
+        return supervisor.status(args.pidfile)
+    if args.command == "restart":
+        return supervisor.restart(args.pidfile)
     try:
         config = load_config(config_path(args.config))
     except ConfigError as exc:
@@ -39,6 +46,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"myx-agent: warning: {warning}", file=sys.stderr)
     if args.command == "check-config":
         return _check_config(config)
+    if args.command == "supervise":
+        # Validated above, before daemonizing: a broken config fails the install loudly
+        # instead of looping in the back-off.
+        return supervisor.supervise(config.path, args.pidfile, args.log, args.daemon)
     return _run(config)
 
 
@@ -54,8 +65,33 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
+    _add_supervisor_commands(sub, config_help)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _add_supervisor_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], config_help: str
+) -> None:
+    """The built-in supervisor, for hosts without systemd (containers, WSL, non-root installs)."""
+    pidfile_help = "the supervisor's pidfile"
+    supervise = sub.add_parser(
+        "supervise", help="run the agent as a child and restart it whenever it exits (no systemd)"
+    )
+    supervise.add_argument("--pidfile", required=True, help=pidfile_help)
+    supervise.add_argument("--log", required=True, help="log file: supervisor events and the agent's output")
+    supervise.add_argument("--daemon", action="store_true", help="detach; return once the pidfile is written")
+    stop = sub.add_parser("stop", help="stop the supervisor named in the pidfile, and its agent")
+    stop.add_argument("--pidfile", required=True, help=pidfile_help)
+    stop.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for it to exit (default: 30)"
+    )
+    status = sub.add_parser("status", help="print whether the supervisor runs (exit 0) or not (exit 3)")
+    status.add_argument("--pidfile", required=True, help=pidfile_help)
+    restart = sub.add_parser("restart", help="make the supervisor restart the agent (SIGHUP)")
+    restart.add_argument("--pidfile", required=True, help=pidfile_help)
+    for cmd in (supervise, stop, status, restart):
+        cmd.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
 
 
 def _check_config(config: AgentConfig) -> int:

@@ -154,6 +154,32 @@ def user_create(
     typer.echo(f"created user {username}" + (f" with password: {password}" if generate else ""))
 
 
+@user_app.command("passwd")
+def user_passwd(
+    username: str,
+    password: Annotated[str | None, typer.Option(help="new password (prompted when omitted)")] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="generate a password and print it once")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Set a user's password."""
+    from myx.server.security.tokens import generate_password
+
+    settings = load_settings(data_dir)
+    if generate:
+        password = generate_password()
+    elif password is None:
+        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+
+    async def work(session: AsyncSession) -> None:
+        service = UserService()
+        await service.set_password(session, await service.get_user(session, username), password or "")
+
+    run_db(settings, work)
+    typer.echo(f"password of {username} changed" + (f": {password}" if generate else ""))
+
+
 # myx token
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)

@@ -1134,3 +1134,99 @@ __all__ = [
     "register",
     "run",
 ]
+
+
+# SSH installs
+
+
+@hosts_app.command("ssh-access")
+def hosts_ssh_access(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    user: Annotated[str, typer.Option("--user", "-u", help="SSH user.")],
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="SSH port.")] = 22,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", "-i", help="Private key file (read here, stored encrypted).")
+    ] = None,
+    password: Annotated[
+        bool, typer.Option("--password", help="Ask for an SSH password (stored encrypted).")
+    ] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Store how the control server logs in to a host over SSH (for `myx hosts install`)."""
+    body: dict[str, Any] = {"user": user, "port": port}
+    if key_file is not None:
+        try:
+            body["private_key"] = key_file.read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {key_file}: {exc.strerror}") from None
+    if password:
+        body["password"] = typer.prompt("SSH password", hide_input=True)
+    if "private_key" not in body and "password" not in body:
+        raise CliError("give --key-file FILE or --password", exit_code=2)
+    with connect(server, token) as api:
+        api.request("PUT", f"/api/hosts/{ref(host)}/ssh", json=body)
+    typer.echo(f"saved SSH access for {host}: {user}@…:{port}")
+
+
+@hosts_app.command("install")
+def hosts_install(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print the deployment log live.")] = False,
+    install_dir: Annotated[
+        str | None, typer.Option(help="Where the zipapp goes (default /opt/myx-agent).")
+    ] = None,
+    config_dir: Annotated[
+        str | None, typer.Option(help="Config and TLS files (default /etc/myx-agent).")
+    ] = None,
+    state_dir: Annotated[str | None, typer.Option(help="Command spool (default /var/lib/myx-agent).")] = None,
+    service_manager: Annotated[
+        str | None, typer.Option(help="auto (systemd when present), systemd or supervisor.")
+    ] = None,
+    bind_address: Annotated[str | None, typer.Option(help="Address the agent listens on.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Install (or reinstall) the agent over SSH with Ansible."""
+    options = {
+        "install_dir": install_dir,
+        "config_dir": config_dir,
+        "state_dir": state_dir,
+        "service_manager": service_manager,
+        "bind_address": bind_address,
+    }
+    _deploy(host, "install", {k: v for k, v in options.items() if v is not None}, follow, server, token)
+
+
+@hosts_app.command("uninstall")
+def hosts_uninstall(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print the deployment log live.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Stop and remove the agent over SSH."""
+    _deploy(host, "uninstall", None, follow, server, token)
+
+
+def _deploy(
+    host: str, kind: str, body: dict[str, Any] | None, follow: bool, server: str | None, token: str | None
+) -> None:
+    with connect(server, token) as api:
+        deployment = api.post(f"/api/hosts/{ref(host)}/{kind}", json=body)
+        typer.echo(f"deployment {deployment['id']} started ({kind} on {host})", err=True)
+        if not follow:
+            return
+        offset = 0
+        while True:
+            page = api.get(f"/api/deployments/{deployment['id']}", params={"log_offset": offset, "wait": 30})
+            sys.stdout.write(page["log"])
+            sys.stdout.flush()
+            offset = page["log_offset"] + len(page["log"])
+            if page["status"] in ("success", "failed"):
+                break
+    if page["status"] != "success":
+        raise CliError(
+            f"{kind} failed: {(page.get('error') or '').splitlines()[0] if page.get('error') else ''}"
+        )
+    typer.echo(f"{kind} of {host} succeeded", err=True)

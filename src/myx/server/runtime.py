@@ -20,6 +20,7 @@ from myx.server.security.ca import FleetCA
 from myx.server.security.crypto import SecretBox
 from myx.server.services.batches import BatchService
 from myx.server.services.commands import CommandService
+from myx.server.services.deployments import DeploymentService
 from myx.server.services.events import EventBus
 from myx.server.services.heartbeats import HeartbeatScheduler
 from myx.server.services.hosts import HostService
@@ -64,6 +65,18 @@ class Runtime:
         self.batches = BatchService(
             self.sessions, self.writer, self.events, self.hosts, self.commands, settings.max_batch_concurrency
         )
+        self.deployments = DeploymentService(
+            self.sessions,
+            self.writer,
+            self.events,
+            self.box,
+            self.hosts,
+            self.channel_for,
+            data_dir=settings.data_dir,
+            agent_pyz=settings.agent_pyz,
+            wait_timeout=settings.agent_install_timeout,
+            concurrency=settings.install_concurrency,
+        )
         self.heartbeats = HeartbeatScheduler(
             self.sessions,
             self.writer,
@@ -95,6 +108,7 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.heartbeats.stop()
+        await self.deployments.stop()
         await self.batches.stop()
         await self.commands.stop()
         await self.writer.stop()

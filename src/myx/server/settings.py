@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     command_retention_days: int = Field(30, ge=1)
     default_command_timeout: float = Field(300.0, gt=0)
     max_batch_concurrency: int = Field(256, ge=1)
+    # The agent zipapp that installs upload (`make pyz` builds dist/myx-agent.pyz).
+    agent_pyz: Path | None = None
+    agent_install_timeout: float = Field(90.0, gt=0)
+    install_concurrency: int = Field(10, ge=1)
 
     @field_validator("database_url")
     @classmethod

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from myx.protocol.methods import MAX_TIMEOUT
 from myx.protocol.output import OutputChunk
-from myx.server.db.models import Agent, Batch, Command, Host
+from myx.server.db.models import Agent, Batch, Command, Deployment, Host
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 T = TypeVar("T")
@@ -43,12 +43,38 @@ class UserOut(BaseModel):
 # hosts
 
 
+class SshIn(Strict):
+    user: str = Field(min_length=1, max_length=64)
+    port: int = Field(22, ge=1, le=65535)
+    password: str | None = Field(None, max_length=1024)
+    private_key: str | None = Field(None, max_length=64 << 10)
+
+    @model_validator(mode="after")
+    def _secret(self) -> SshIn:
+        if not self.password and not self.private_key:
+            raise ValueError("give a password or a private_key")
+        return self
+
+
+class InstallOptions(Strict):
+    install_dir: str | None = Field(None, max_length=1024, pattern=r"^[^\x00]+$")
+    config_dir: str | None = Field(None, max_length=1024, pattern=r"^[^\x00]+$")
+    state_dir: str | None = Field(None, max_length=1024, pattern=r"^[^\x00]+$")
+    service_manager: Literal["auto", "systemd", "supervisor"] | None = None
+    bind_address: str | None = Field(None, max_length=255, pattern=r"^[^\s/]+$")
+
+    def given(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class HostCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     address: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
     labels: dict[str, str] = Field(default_factory=dict)
     description: str = Field("", max_length=2000)
     rpc_port: int | None = Field(None, ge=1, le=65535)
+    ssh: SshIn | None = None
+    install_options: InstallOptions | None = None
 
     @field_validator("labels")
     @classmethod
@@ -61,6 +87,34 @@ class HostCreate(Strict):
             if len(value) > 255 or "=" in key:
                 raise ValueError(f"label {key!r}: value too long (max 255)")
         return labels
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    host_id: int
+    kind: str
+    status: str
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    log_offset: int
+    log: str
+    log_size: int
+
+    @classmethod
+    def of(cls, d: Deployment, log_offset: int = 0) -> DeploymentOut:
+        return cls(
+            id=d.id,
+            host_id=d.host_id,
+            kind=d.kind,
+            status=d.status,
+            error=d.error,
+            created_at=d.created_at,
+            finished_at=d.finished_at,
+            log_offset=log_offset,
+            log=d.log[log_offset:],
+            log_size=len(d.log),
+        )
 
 
 class AgentOut(BaseModel):

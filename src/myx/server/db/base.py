@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, MetaData, event
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, MetaData, Text, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -24,6 +24,8 @@ Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 # SQLite only auto-increments INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(mysql.JSON(), "mysql", "mariadb")
+# MySQL's TEXT stops at 64 KiB too (deployment logs).
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from myx.server.db.base import Base, BigId, Blob, Json, UtcDateTime, utcnow
+from myx.server.db.base import Base, BigId, Blob, Json, LongText, UtcDateTime, utcnow
 
 # Command states. "lost": the agent no longer knows the command or went away while it ran.
 PENDING, RUNNING, SUCCESS, FAILED, TIMEOUT, CANCELLED, LOST = (
@@ -55,6 +55,13 @@ class Host(Base):
     address: Mapped[str] = mapped_column(String(255))
     labels: Mapped[dict[str, str]] = mapped_column(Json, default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
+    # SSH access for installs (seed 001 §3.1); the password and key are encrypted at rest.
+    ssh_port: Mapped[int] = mapped_column(Integer, default=22)
+    ssh_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ssh_password_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ssh_key_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where and how the agent is installed: install_dir, config_dir, state_dir, service_manager.
+    install_options: Mapped[dict[str, str] | None] = mapped_column(Json, nullable=True, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
@@ -159,6 +166,25 @@ class OutputChunk(Base):
     data: Mapped[bytes] = mapped_column(Blob)
 
     __table_args__ = (UniqueConstraint("command_id", "offset", name="uq_command_output_offset"),)
+
+
+DEPLOYMENT_STATES = (PENDING, RUNNING, SUCCESS, FAILED)
+
+
+class Deployment(Base):
+    """A tracked operation on a host (agent install, uninstall, upgrade...) with its one log."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log: Mapped[str] = mapped_column(LongText, default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class AgentEvent(Base):

@@ -149,7 +149,8 @@ class HostService:
                 return port
         raise InvalidInput("no free rpc_port left in 8000-65535")
 
-    async def set_rpc_port(self, session: AsyncSession, host: Host, port: int) -> None:
+    async def set_rpc_port(self, session: AsyncSession, host: Host, port: int | None) -> None:
+        """Move the agent to *port*, or to a fresh random one when None."""
         host.agent.rpc_port = await self._pick_port(session, port)
 
     async def delete(self, session: AsyncSession, ref: str | int) -> Host:

@@ -6,7 +6,15 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from myx.server.api.deps import CurrentUser, RuntimeDep, SessionDep
-from myx.server.api.schemas import AgentEventOut, HostCreate, HostOut, Page
+from myx.server.api.schemas import (
+    AgentEventOut,
+    DeploymentOut,
+    HostCreate,
+    HostOut,
+    InstallOptions,
+    Page,
+    SshIn,
+)
 from myx.server.db.models import AgentEvent
 from myx.server.errors import InvalidInput
 from myx.server.services.hosts import HostFilter
@@ -91,4 +99,48 @@ async def host_events(
             old_status=e.old_status, new_status=e.new_status, reason=e.reason, created_at=e.created_at
         )
         for e in rows.scalars()
+    ]
+
+
+@router.put("/{ref}/ssh", response_model=HostOut)
+async def set_ssh(
+    ref: str, body: SshIn, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser
+) -> HostOut:
+    """SSH access for installs; the password/key are stored encrypted and never returned."""
+    host = await runtime.hosts.get(session, ref)
+    runtime.deployments.set_ssh(host, body.user, body.port, body.password, body.private_key)
+    await session.commit()
+    return HostOut.of(host, detail=True)
+
+
+@router.post("/{ref}/install", response_model=DeploymentOut, status_code=202)
+async def install_agent(
+    ref: str,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    user: CurrentUser,
+    body: InstallOptions | None = None,
+) -> DeploymentOut:
+    """Install (or reinstall) the agent over SSH; follow GET /api/deployments/{id}."""
+    host = await runtime.hosts.get(session, ref)
+    options = body.given() if body else {}
+    return DeploymentOut.of(await runtime.deployments.start(session, host, "install", user.id, **options))
+
+
+@router.post("/{ref}/uninstall", response_model=DeploymentOut, status_code=202)
+async def uninstall_agent(
+    ref: str, runtime: RuntimeDep, session: SessionDep, user: CurrentUser
+) -> DeploymentOut:
+    host = await runtime.hosts.get(session, ref)
+    return DeploymentOut.of(await runtime.deployments.start(session, host, "uninstall", user.id))
+
+
+@router.get("/{ref}/deployments", response_model=list[DeploymentOut])
+async def host_deployments(
+    ref: str, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser
+) -> list[DeploymentOut]:
+    host = await runtime.hosts.get(session, ref)
+    return [
+        DeploymentOut.of(d, log_offset=len(d.log))
+        for d in await runtime.deployments.list_for_host(session, host.id)
     ]

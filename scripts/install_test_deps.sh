@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# System packages and accounts the tests need beyond .venv (scripts/test.sh calls this before pytest):
+#   - openssh-server: tests/deploy starts its own private sshd on a loopback port (tests/support/sshd.py);
+#   - sshpass: Ansible's ssh connection needs it for password authentication;
+#   - /run/sshd: sshd refuses to start without its privilege-separation directory;
+#   - the unprivileged account `myxtest`, which the password-auth install tests log in as.
+# Idempotent and quick once everything is there (no apt-get at all then). Never starts a system
+# sshd: the tests run their own. As non-root, or without apt-get, it only says what is missing
+# and exits 0, so that the tests that need it skip with a reason instead of failing here.
+set -euo pipefail
+
+PACKAGES=(openssh-server sshpass)
+TEST_USER=myxtest
+
+say() {
+    echo "install_test_deps: $*"
+}
+
+is_root() {
+    [[ $(id -u) -eq 0 ]]
+}
+
+missing_packages() {
+    local pkg
+    for pkg in "${PACKAGES[@]}"; do
+        # dpkg-query prints "install ok installed" for a package that is really there.
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+            echo "$pkg"
+        fi
+    done
+}
+
+if ! command -v dpkg-query >/dev/null; then
+    say "not a Debian-like system (no dpkg-query): install ${PACKAGES[*]} yourself; the SSH tests skip without them"
+    exit 0
+fi
+
+mapfile -t missing < <(missing_packages)
+if ((${#missing[@]})); then
+    if ! is_root || ! command -v apt-get >/dev/null; then
+        say "missing: ${missing[*]} (run as root: apt-get install ${missing[*]}); the SSH tests will be skipped"
+        exit 0
+    fi
+    say "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    # policy-rc.d is not used on purpose: without systemd, the postinst's invoke-rc.d may start the
+    # distro's sshd on port 22. That one is the distro's business; the tests never rely on it.
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! is_root; then
+    [[ -d /run/sshd ]] || say "/run/sshd is missing (root: mkdir -m 0755 /run/sshd); the SSH tests will be skipped"
+    getent passwd "$TEST_USER" >/dev/null || say "no account $TEST_USER (root: useradd -m -s /bin/bash $TEST_USER)"
+    exit 0
+fi
+
+# sshd's privilege-separation directory; /run is a tmpfs, so it can vanish at every boot.
+if [[ ! -d /run/sshd ]]; then
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+fi
+
+if ! getent passwd "$TEST_USER" >/dev/null; then
+    say "creating the account $TEST_USER (password-auth tests)"
+    useradd -m -s /bin/bash "$TEST_USER"
+fi

@@ -1,0 +1,555 @@
+"""Deployments: agent installs and uninstalls over SSH with Ansible (seed 001 §3.1, seed 003).
+
+The flow of seed 001 §3.1: the host already has its identity (token, secret, rpc_port, rpc_path);
+``install_agent.yml`` checks Python and that the port is free (a taken port makes us pick another
+and run again), uploads the zipapp, config (0600) and certificates, installs the service (systemd,
+or the agent's own supervisor) and starts it; then we wait for the agent's RPC every 3 s, logging
+progress every 10 s, reinstall once if it does not come up, and fail with the agent's log tail.
+Everything goes to the Deployment's one log, which readers follow while it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from myx.server.channels.base import AgentChannel
+from myx.server.db.base import utcnow
+from myx.server.db.models import AGENT_ONLINE, FAILED, RUNNING, SUCCESS, Agent, AgentEvent, Deployment, Host
+from myx.server.errors import AgentRejected, AgentUnavailable, InvalidInput, NotFound
+from myx.server.security.crypto import SecretBox
+from myx.server.services.events import EventBus
+from myx.server.services.hosts import HostService
+from myx.server.services.store import WriteQueue
+
+log = logging.getLogger(__name__)
+
+PORT_TAKEN_MARKER = "MYX_PORT_TAKEN"
+# agent_log.yml prints each log line with this prefix so it can be told from Ansible's own output.
+LOG_PREFIX = "MYX_LOG| "
+PORT_ATTEMPTS = 3
+WAIT_EVERY = 3.0
+PROGRESS_EVERY = 10.0
+DEFAULT_OPTIONS = {
+    "install_dir": "/opt/myx-agent",
+    "config_dir": "/etc/myx-agent",
+    "state_dir": "/var/lib/myx-agent",
+    "service_manager": "auto",
+    "bind_address": "0.0.0.0",  # noqa: S104 - the control server dials the agent from the network
+}
+OPTION_KEYS = frozenset(DEFAULT_OPTIONS)
+
+
+class DeploymentFailed(Exception):
+    """Ends a deployment as failed with this message (kept apart from MyxError: never an HTTP error)."""
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    address: str
+    port: int
+    user: str
+    password: str | None
+    private_key: str | None
+
+
+def tool_dir() -> Path:
+    from myx.deployment_tool import TOOL_DIR
+
+    return Path(TOOL_DIR)
+
+
+class DeploymentService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        writer: WriteQueue,
+        events: EventBus,
+        box: SecretBox,
+        hosts: HostService,
+        channel_for: Callable[[Any], AgentChannel],
+        data_dir: Path,
+        agent_pyz: Path | None,
+        wait_timeout: float,
+        concurrency: int,
+    ) -> None:
+        self.sessions = sessions
+        self.writer = writer
+        self.events = events
+        self.box = box
+        self.hosts = hosts
+        self.channel_for = channel_for
+        self.data_dir = data_dir
+        self.agent_pyz = agent_pyz
+        self.wait_timeout = wait_timeout
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # credentials
+
+    def set_ssh(
+        self,
+        host: Host,
+        user: str,
+        port: int = 22,
+        password: str | None = None,
+        private_key: str | None = None,
+    ) -> None:
+        if not user:
+            raise InvalidInput("ssh user must not be empty")
+        if not 1 <= port <= 65535:
+            raise InvalidInput("ssh port must be between 1 and 65535")
+        host.ssh_user = user
+        host.ssh_port = port
+        host.ssh_password_enc = (
+            self.box.encrypt(password, aad=f"ssh-password:{host.name}") if password else None
+        )
+        host.ssh_key_enc = self.box.encrypt(private_key, aad=f"ssh-key:{host.name}") if private_key else None
+
+    def ssh_access(self, host: Host) -> SshAccess:
+        if not host.ssh_user or not (host.ssh_password_enc or host.ssh_key_enc):
+            raise InvalidInput(
+                f"host {host.name!r} has no SSH credentials: set a user and a password or key first"
+            )
+        password = (
+            self.box.decrypt(host.ssh_password_enc, aad=f"ssh-password:{host.name}")
+            if host.ssh_password_enc
+            else None
+        )
+        key = self.box.decrypt(host.ssh_key_enc, aad=f"ssh-key:{host.name}") if host.ssh_key_enc else None
+        return SshAccess(host.address, host.ssh_port, host.ssh_user, password, key)
+
+    @staticmethod
+    def options(host: Host, overrides: dict[str, str] | None = None) -> dict[str, str]:
+        merged = {**DEFAULT_OPTIONS, **(host.install_options or {}), **(overrides or {})}
+        unknown = set(merged) - OPTION_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown install option(s): {', '.join(sorted(unknown))}")
+        if merged["service_manager"] not in ("auto", "systemd", "supervisor"):
+            raise InvalidInput("service_manager must be auto, systemd or supervisor")
+        return merged
+
+    # starting
+
+    async def start(
+        self, session: AsyncSession, host: Host, kind: str, user_id: int | None, **overrides: str
+    ) -> Deployment:
+        """Record a deployment for *host* and run it in the background."""
+        if kind not in ("install", "uninstall"):
+            raise InvalidInput(f"unknown deployment kind {kind!r}")
+        self.ssh_access(host)  # fail now, not in the background, when credentials are missing
+        options = self.options(host, overrides)
+        if kind == "install" and (self.agent_pyz is None or not self.agent_pyz.is_file()):
+            raise InvalidInput(
+                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ "
+                "to its path"
+            )
+        host.install_options = {k: v for k, v in options.items() if v != DEFAULT_OPTIONS[k]}
+        deployment = Deployment(
+            id=uuid.uuid4().hex, host_id=host.id, kind=kind, status=RUNNING, created_by=user_id, log=""
+        )
+        session.add(deployment)
+        await session.commit()
+        task = asyncio.get_running_loop().create_task(self._run(deployment.id, host.id, kind, options))
+        self._tasks[deployment.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
+        return deployment
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, deployment_id: str, host_id: int, kind: str, options: dict[str, str]) -> None:
+        async with self._slots:
+            try:
+                if kind == "install":
+                    await self._install(deployment_id, host_id, options)
+                else:
+                    await self._uninstall(deployment_id, host_id, options)
+            except DeploymentFailed as exc:
+                await self._end(deployment_id, FAILED, str(exc))
+            except asyncio.CancelledError:
+                await asyncio.shield(
+                    self._end(deployment_id, FAILED, "the control server stopped during the deployment")
+                )
+                raise
+            except Exception as exc:
+                log.exception("deployment failed id=%s", deployment_id)
+                await self._end(deployment_id, FAILED, f"internal error: {exc}")
+            else:
+                await self._end(deployment_id, SUCCESS, None)
+
+    # install
+
+    async def _install(self, deployment_id: str, host_id: int, options: dict[str, str]) -> None:
+        for reinstall in (False, True):
+            await self._install_files(deployment_id, host_id, options, reinstall)
+            if await self._wait_for_agent(deployment_id, host_id):
+                await self._mark_online(host_id)
+                await self._say(deployment_id, "agent is up and answering RPC")
+                return
+            if not reinstall:
+                await self._say(deployment_id, "agent did not come up: reinstalling once (seed 001 §3.1)")
+        tail = await self._agent_log_tail(deployment_id, host_id, options)
+        raise DeploymentFailed(
+            f"the agent did not answer within {self.wait_timeout:g} s after two installs; "
+            f"its log ends with:\n{tail}"
+        )
+
+    async def _install_files(
+        self, deployment_id: str, host_id: int, options: dict[str, str], reinstall: bool
+    ) -> None:
+        for _attempt in range(PORT_ATTEMPTS):
+            host, access = await self._load(host_id)
+            await self._say(
+                deployment_id,
+                f"{'re' if reinstall else ''}installing the agent on "
+                f"{access.user}@{access.address}:{access.port}"
+                f" (rpc_port {host.agent.rpc_port}, {options['install_dir']})",
+            )
+            with self._workdir() as work:
+                bundle = work / "bundle"
+                await self._write_bundle(host_id, bundle, options)
+                extravars = {
+                    "myx_pyz_src": str(self.agent_pyz),
+                    "myx_bundle_src": str(bundle),
+                    "myx_rpc_port": host.agent.rpc_port,
+                    "myx_install_dir": options["install_dir"],
+                    "myx_config_dir": options["config_dir"],
+                    "myx_state_dir": options["state_dir"],
+                    "myx_service_manager": options["service_manager"],
+                }
+                ok, output = await self._playbook(deployment_id, work, access, "install_agent.yml", extravars)
+            if ok:
+                return
+            if PORT_TAKEN_MARKER in output:
+                port = await self._new_port(host_id)
+                await self._say(
+                    deployment_id, f"port {host.agent.rpc_port} is taken on the host: using {port}"
+                )
+                continue
+            raise DeploymentFailed(_failure_summary(output))
+        raise DeploymentFailed(f"no free rpc_port found after {PORT_ATTEMPTS} attempts")
+
+    async def _uninstall(self, deployment_id: str, host_id: int, options: dict[str, str]) -> None:
+        _host, access = await self._load(host_id)
+        await self._say(
+            deployment_id, f"uninstalling the agent from {access.user}@{access.address}:{access.port}"
+        )
+        extravars = {
+            "myx_install_dir": options["install_dir"],
+            "myx_config_dir": options["config_dir"],
+            "myx_state_dir": options["state_dir"],
+            "myx_service_manager": options["service_manager"],
+            "myx_purge": True,
+        }
+        with self._workdir() as work:
+            ok, output = await self._playbook(deployment_id, work, access, "uninstall_agent.yml", extravars)
+        if not ok:
+            raise DeploymentFailed(_failure_summary(output))
+
+    async def _wait_for_agent(self, deployment_id: str, host_id: int) -> bool:
+        """Seed 001 §3.1 step 10: try the RPC every 3 s, report every 10 s, give up at the timeout."""
+        host, _ = await self._load(host_id)
+        channel = self.channel_for(self.hosts.endpoint(host))
+        started = time.monotonic()
+        reported = started
+        last_error = ""
+        while time.monotonic() - started < self.wait_timeout:
+            try:
+                await channel.call("health_check", timeout=WAIT_EVERY, retry=False)
+                return True
+            except (AgentUnavailable, AgentRejected) as exc:
+                last_error = exc.message
+            if time.monotonic() - reported >= PROGRESS_EVERY:
+                reported = time.monotonic()
+                await self._say(
+                    deployment_id, f"waiting for the agent ({reported - started:.0f} s): {last_error}"
+                )
+            await asyncio.sleep(WAIT_EVERY)
+        await self._say(deployment_id, f"no answer after {self.wait_timeout:g} s: {last_error}")
+        return False
+
+    async def _agent_log_tail(self, deployment_id: str, host_id: int, options: dict[str, str]) -> str:
+        _, access = await self._load(host_id)
+        extravars = {
+            "myx_install_dir": options["install_dir"],
+            "myx_service_manager": options["service_manager"],
+        }
+        with self._workdir() as work:
+            ok, output = await self._ansible(
+                work,
+                access,
+                {"playbook": str(tool_dir() / "playbooks" / "agent_log.yml"), "extravars": extravars},
+            )
+        lines = [_log_line(line) for line in output.splitlines() if LOG_PREFIX in line]
+        return "\n".join(lines)[-4000:] if ok and lines else "(the agent's log could not be read)"
+
+    # ansible
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _workdir() -> Iterator[Path]:
+        path = Path(tempfile.mkdtemp(prefix="myx-deploy-"))
+        try:
+            yield path
+        finally:
+            # The private data dir holds the SSH password/key and the agent's secrets.
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def _playbook(
+        self, deployment_id: str, work: Path, access: SshAccess, playbook: str, extravars: dict[str, Any]
+    ) -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_line(text: str) -> None:
+            loop.call_soon_threadsafe(lines.put_nowait, text)
+
+        async def pump() -> None:
+            while (text := await lines.get()) is not None:
+                await self._append(deployment_id, text + "\n")
+
+        pumper = asyncio.create_task(pump())
+        try:
+            ok, output = await self._ansible(
+                work,
+                access,
+                {"playbook": str(tool_dir() / "playbooks" / playbook), "extravars": extravars},
+                on_line,
+            )
+        finally:
+            lines.put_nowait(None)
+            await pumper
+        return ok, output
+
+    async def _ansible(
+        self,
+        work: Path,
+        access: SshAccess,
+        what: dict[str, Any],
+        on_line: Callable[[str], None] | None = None,
+    ) -> tuple[bool, str]:
+        inventory = self._inventory(work, access)
+        return await asyncio.to_thread(_run_ansible, work, inventory, what, on_line)
+
+    def _inventory(self, work: Path, access: SshAccess) -> dict[str, Any]:
+        known_hosts = self.data_dir / "known_hosts"
+        known_hosts.touch(mode=0o600, exist_ok=True)
+        host_vars: dict[str, Any] = {
+            "ansible_host": access.address,
+            "ansible_port": access.port,
+            "ansible_user": access.user,
+            # Trust on first use, remembered per control server (known_hosts in the data dir): a
+            # changed host key fails the run.
+        }
+        options = [f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts}"]
+        if access.private_key:
+            key = work / "id_key"
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(access.private_key.rstrip("\n") + "\n")
+            host_vars["ansible_ssh_private_key_file"] = str(key)
+            options.append("-o IdentitiesOnly=yes")
+        if access.password:
+            host_vars["ansible_password"] = access.password
+            if not access.private_key:
+                # Do not offer whatever keys the control server's user has: a wrong password
+                # must fail as such, fast.
+                options.append("-o PubkeyAuthentication=no -o PreferredAuthentications=password")
+        host_vars["ansible_ssh_common_args"] = " ".join(options)
+        return {"all": {"hosts": {"target": host_vars}}}
+
+    # storage
+
+    async def _load(self, host_id: int) -> tuple[Host, SshAccess]:
+        async with self.sessions() as session:
+            host = await session.get(Host, host_id, populate_existing=True)
+            if host is None:
+                raise DeploymentFailed("the host was deleted during the deployment")
+            return host, self.ssh_access(host)
+
+    async def _write_bundle(self, host_id: int, folder: Path, options: dict[str, str]) -> None:
+        async with self.sessions() as session:
+            host = await session.get(Host, host_id, populate_existing=True)
+            assert host is not None
+            files = self.hosts.bundle_files(
+                host, bind_address=options["bind_address"], state_dir=options["state_dir"]
+            )
+            await session.commit()
+        for relative, (content, mode) in files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+
+    async def _new_port(self, host_id: int) -> int:
+        async with self.sessions() as session:
+            host = await session.get(Host, host_id, populate_existing=True)
+            assert host is not None
+            old = host.agent.rpc_port
+            while host.agent.rpc_port == old:
+                await self.hosts.set_rpc_port(session, host, None)
+            await session.commit()
+            return host.agent.rpc_port
+
+    async def _mark_online(self, host_id: int) -> None:
+        async def op(session: AsyncSession) -> None:
+            agent = (await session.execute(select(Agent).where(Agent.host_id == host_id))).scalar_one()
+            if agent.status != AGENT_ONLINE:
+                session.add(
+                    AgentEvent(
+                        host_id=host_id, old_status=agent.status, new_status=AGENT_ONLINE, reason="installed"
+                    )
+                )
+            agent.status = AGENT_ONLINE
+            agent.needs_reinstall = False
+            agent.consecutive_failures = 0
+
+        await self.writer.submit(op)
+
+    async def _say(self, deployment_id: str, message: str) -> None:
+        await self._append(deployment_id, f"[myx] {message}\n")
+
+    async def _append(self, deployment_id: str, text: str) -> None:
+        async def op(session: AsyncSession) -> None:
+            await session.execute(
+                update(Deployment).where(Deployment.id == deployment_id).values(log=Deployment.log + text)
+            )
+
+        await self.writer.submit(op)
+        self.events.wake(f"deployment:{deployment_id}")
+
+    async def _end(self, deployment_id: str, status: str, error: str | None) -> None:
+        if error:
+            await self._say(deployment_id, f"FAILED: {error}")
+        now = utcnow()
+
+        async def op(session: AsyncSession) -> None:
+            await session.execute(
+                update(Deployment)
+                .where(Deployment.id == deployment_id)
+                .values(status=status, error=error, finished_at=now)
+            )
+
+        await self.writer.submit(op)
+        self.events.wake(f"deployment:{deployment_id}")
+        self.events.publish({"type": "deployment", "id": deployment_id, "status": status})
+
+    # reading
+
+    async def get(self, session: AsyncSession, deployment_id: str) -> Deployment:
+        deployment = await session.get(Deployment, deployment_id, populate_existing=True)
+        if deployment is None:
+            raise NotFound(f"no deployment {deployment_id!r}")
+        return deployment
+
+    async def wait(self, deployment_id: str, log_offset: int, timeout: float) -> Deployment:
+        """Long-poll: return once the log grew past *log_offset*, the deployment ended, or at the timeout."""
+
+        async def load() -> Deployment:
+            async with self.sessions() as session:
+                return await self.get(session, deployment_id)
+
+        return await self.events.wait_until(
+            f"deployment:{deployment_id}",
+            load,
+            lambda d: len(d.log) > log_offset or d.status in (SUCCESS, FAILED),
+            timeout,
+        )
+
+    async def list_for_host(self, session: AsyncSession, host_id: int, limit: int = 50) -> list[Deployment]:
+        rows = await session.execute(
+            select(Deployment)
+            .where(Deployment.host_id == host_id)
+            .order_by(Deployment.created_at.desc())
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+
+def _run_ansible(
+    work: Path, inventory: dict[str, Any], what: dict[str, Any], on_line: Callable[[str], None] | None
+) -> tuple[bool, str]:
+    """One ansible-runner run (blocking; called in a worker thread). Returns (ok, all output)."""
+    import ansible_runner
+
+    collected: list[str] = []
+
+    def handler(event: dict[str, Any]) -> bool:
+        text = str(event.get("stdout") or "")
+        for line in text.splitlines():
+            if line.strip():
+                collected.append(line)
+                if on_line is not None:
+                    on_line(line)
+        return True
+
+    envvars = {
+        "ANSIBLE_CONFIG": str(tool_dir() / "ansible.cfg"),
+        # ansible-runner starts ansible-playbook from PATH: the one installed beside this Python.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+        # ssh control sockets need a short path (the socket path limit is ~100 bytes).
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    private = work / "runner"
+    private.mkdir(mode=0o700, exist_ok=True)
+    runner = ansible_runner.run(
+        private_data_dir=str(private),
+        inventory=json.loads(json.dumps(inventory)),
+        envvars=envvars,
+        event_handler=handler,
+        quiet=True,
+        host_pattern="all" if "module" in what else None,
+        **what,
+    )
+    return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
+
+
+def _log_line(line: str) -> str:
+    """One agent log line out of Ansible's JSON-ish debug output (``    "MYX_LOG| text",``)."""
+    text = line[line.index(LOG_PREFIX) + len(LOG_PREFIX) :].rstrip()
+    text = text.removesuffix(",").removesuffix('"')
+    try:
+        return str(json.loads(f'"{text}"'))
+    except ValueError:
+        return text
+
+
+def _failure_summary(output: str) -> str:
+    """What went wrong, for the deployment's error field: the last failed task and its message."""
+    lines = output.splitlines()
+    starts = [
+        n for n, line in enumerate(lines) if "fatal:" in line or "FAILED!" in line or "UNREACHABLE!" in line
+    ]
+    if not starts:
+        return (output[-2000:] or "the playbook failed without output").strip()
+    block = [lines[starts[-1]].strip()]
+    for line in lines[starts[-1] + 1 : starts[-1] + 25]:
+        if not line.strip() or line.startswith(("PLAY RECAP", "TASK [", "PLAY [")):
+            break
+        block.append(line.strip())
+    # The message is what people need first; the rest of the result follows it.
+    messages = [line for line in block if line.startswith(("msg:", '"msg"'))]
+    return "\n".join([block[0], *messages, *(line for line in block[1:] if line not in messages)])[:3000]

@@ -1,0 +1,207 @@
+"""Install through the control server: REST -> DeploymentService -> Ansible over a real sshd -> agent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.agentproc import free_port
+from support.serverproc import MYX, ServerProcess
+from support.sshd import SshServer, sshd_unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(sshd_unavailable() is not None, reason=str(sshd_unavailable()))
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = Path(os.environ.get("MYX_AGENT_PYZ", ROOT / "dist" / "myx-agent.pyz"))
+    if not built.exists():
+        built = tmp_path_factory.mktemp("pyz") / "myx-agent.pyz"
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build_agent_pyz.py"), "--out", str(built)], check=True
+        )
+    return built
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    server = SshServer(Path(f"/tmp/myx-e2e-sshd-{os.getpid()}-{time.monotonic_ns() % 10**6}")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+@pytest.fixture
+def server(tmp_path: Path, pyz: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "server", MYX_AGENT_PYZ=str(pyz), MYX_AGENT_INSTALL_TIMEOUT="30")
+    proc.setup().start()
+    try:
+        yield proc
+    finally:
+        proc.shutdown()
+
+
+def _options(prefix: Path) -> dict[str, str]:
+    return {
+        "install_dir": str(prefix / "opt"),
+        "config_dir": str(prefix / "etc"),
+        "state_dir": str(prefix / "state"),
+        "service_manager": "supervisor",
+        "bind_address": "127.0.0.1",
+    }
+
+
+def _follow(server: ServerProcess, deployment_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    offset, log = 0, ""
+    while time.monotonic() < deadline:
+        page = server.ok(
+            server.api.get(f"/api/deployments/{deployment_id}", params={"log_offset": offset, "wait": 20})
+        )
+        log += page["log"]
+        offset = page["log_offset"] + len(page["log"])
+        if page["status"] in ("success", "failed"):
+            page["full_log"] = log
+            return dict(page)
+    raise TimeoutError(f"deployment {deployment_id} not finished; log so far:\n{log}")
+
+
+def _stop_agent(prefix: Path) -> None:
+    """Whatever a test installed under *prefix* is stopped, also when the test failed."""
+    pidfile = prefix / "opt" / "myx-agent.pid"
+    pyz = prefix / "opt" / "myx-agent.pyz"
+    if pyz.exists():
+        subprocess.run(
+            [sys.executable, str(pyz), "stop", "--pidfile", str(pidfile)], capture_output=True, check=False
+        )
+
+
+def test_fresh_install_over_ssh_ends_online_and_runs_a_command(
+    server: ServerProcess, sshd: SshServer, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "host"
+    server.add_host("ssh1", address="127.0.0.1")
+    key = sshd.client_key().read_text()
+    server.ok(
+        server.api.put("/api/hosts/ssh1/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
+    )
+    try:
+        started = server.ok(server.api.post("/api/hosts/ssh1/install", json=_options(prefix)))
+        done = _follow(server, started["id"])
+        assert done["status"] == "success", done["full_log"]
+        assert "agent is up" in done["full_log"]
+        host = server.wait_status("ssh1", "online", timeout=30)
+        assert host["agent"]["status"] == "online"
+        assert (prefix / "etc" / "config.json").stat().st_mode & 0o777 == 0o600
+        result = server.run("ssh1", "echo", "installed")
+        assert result["status"] == "success"
+        assert server.output(result["id"]) == b"installed\n"
+        # the password and key never come back from the API
+        assert "private_key" not in str(server.host("ssh1"))
+        removed = _follow(server, server.ok(server.api.post("/api/hosts/ssh1/uninstall"))["id"])
+        assert removed["status"] == "success", removed["full_log"]
+        assert not (prefix / "opt" / "myx-agent.pyz").exists()
+    finally:
+        _stop_agent(prefix)
+
+
+def test_install_into_a_taken_port_picks_another(
+    server: ServerProcess, sshd: SshServer, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "host"
+    taken = free_port()
+    server.add_host("ssh2", address="127.0.0.1", rpc_port=taken)
+    server.ok(
+        server.api.put(
+            "/api/hosts/ssh2/ssh",
+            json={"user": "root", "port": sshd.port, "private_key": sshd.client_key().read_text()},
+        )
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", taken))
+        squatter.listen()
+        try:
+            started = server.ok(server.api.post("/api/hosts/ssh2/install", json=_options(prefix)))
+            done = _follow(server, started["id"])
+        finally:
+            _stop_agent(prefix)
+    assert done["status"] == "success", done["full_log"]
+    assert f"port {taken} is taken" in done["full_log"]
+    assert server.host("ssh2")["agent"]["rpc_port"] != taken
+
+
+def test_bad_password_fails_fast_with_a_clear_message(
+    server: ServerProcess, sshd: SshServer, tmp_path: Path
+) -> None:
+    sshd.set_password("myxtest", "the-right-password-1")
+    server.add_host("ssh3", address="127.0.0.1")
+    server.ok(
+        server.api.put(
+            "/api/hosts/ssh3/ssh", json={"user": "myxtest", "port": sshd.port, "password": "wrong-password"}
+        )
+    )
+    began = time.monotonic()
+    done = _follow(
+        server, server.ok(server.api.post("/api/hosts/ssh3/install", json=_options(tmp_path / "h")))["id"]
+    )
+    assert done["status"] == "failed"
+    assert time.monotonic() - began < 60
+    assert "denied" in done["error"].lower() or "password" in done["error"].lower(), done["error"]
+
+
+def test_install_without_credentials_is_refused_at_once(server: ServerProcess) -> None:
+    server.add_host("ssh4", address="127.0.0.1")
+    resp = server.api.post("/api/hosts/ssh4/install")
+    assert resp.status_code == 400
+    assert "SSH credentials" in resp.json()["error"]["message"]
+
+
+def test_cli_install_follow_with_password_as_a_user(
+    server: ServerProcess, sshd: SshServer, tmp_path: Path
+) -> None:
+    sshd.set_password("myxtest", "the-right-password-2")
+    home = Path(os.path.expanduser("~myxtest"))
+    port = free_port()
+    server.add_host("ssh5", address="127.0.0.1", rpc_port=port)
+    server.ok(
+        server.api.put(
+            "/api/hosts/ssh5/ssh",
+            json={"user": "myxtest", "port": sshd.port, "password": "the-right-password-2"},
+        )
+    )
+    env = dict(server.env, MYX_SERVER_URL=server.url, MYX_TOKEN=server.token)
+    prefix = f"~/myx-e2e-{os.getpid()}"
+    try:
+        options = [
+            *(
+                "--install-dir",
+                f"{prefix}/opt",
+                "--config-dir",
+                f"{prefix}/etc",
+                "--state-dir",
+                f"{prefix}/state",
+            ),
+            *("--service-manager", "supervisor", "--bind-address", "127.0.0.1"),
+        ]
+        proc = subprocess.run(
+            [*MYX, "hosts", "install", "ssh5", "--follow", *options],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "agent is up" in proc.stdout
+        assert server.run("ssh5", "id", "-un")["status"] == "success"
+    finally:
+        _stop_agent(home / f"myx-e2e-{os.getpid()}")
+        subprocess.run(["rm", "-rf", str(home / f"myx-e2e-{os.getpid()}")], check=False)
