@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from support.agentproc import RPC_PATH, TOKEN, AgentProcess
+from support.agentproc import RPC_PATH, TOKEN, AgentProcess, RpcFailure
 
 UNKNOWN_PATHS = [
     "/",
@@ -157,3 +157,30 @@ def test_tokens_and_command_environment_never_reach_the_log(make_agent) -> None:
     assert "command finished" in log  # the log does record events
     for secret in (TOKEN, "guessed-token-value", "hunter2-secret"):
         assert secret not in log
+
+
+def test_update_certificate_hot_swaps_and_rejects_a_mismatched_pair(make_agent, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    proc = make_agent()
+    pairs = []
+    for name in ("a", "b"):
+        key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "2", "-subj", "/CN=rotated", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(crt)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        pairs.append((crt.read_text(), key.read_text()))
+    with pytest.raises(RpcFailure) as info:
+        proc.call("update_certificate", cert=pairs[0][0], key=pairs[1][1])
+    assert info.value.code == -32602
+    with pytest.raises(RpcFailure):
+        proc.call("update_certificate", cert="not a certificate", key=pairs[0][1])
+    reply = proc.call("update_certificate", cert=pairs[0][0], key=pairs[0][1])
+    assert reply["status"] == "ok"
+    # the test client trusted the old certificate file, which now holds the new one
+    proc.reset_client()
+    assert proc.call("health_check")["status"] == "ok"
+    assert (proc.workdir / "ssl" / "agent.key").stat().st_mode & 0o777 == 0o600

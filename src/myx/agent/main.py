@@ -18,6 +18,7 @@ from myx.agent.errors import AgentError, ConfigError
 from myx.agent.http import AgentApp
 from myx.agent.rpc import AgentRpc
 from myx.agent.runner import Runner
+from myx.agent.tls import TlsFiles
 
 log = logging.getLogger("myx.agent")
 
@@ -155,8 +156,9 @@ async def _serve(config: AgentConfig, runner: Runner) -> int:
     import uvicorn  # imported late: `version` and `check-config` should not pay for it
 
     _use_pidfd_child_watcher()
+    tls = TlsFiles(config.certificate_path, config.private_key_path)
     app = AgentApp(
-        AgentRpc(config, runner), runner, config.rpc_path, config.agent_token, config.max_request_bytes
+        AgentRpc(config, runner, tls), runner, config.rpc_path, config.agent_token, config.max_request_bytes
     )
     server_config = uvicorn.Config(
         app,
@@ -184,6 +186,7 @@ async def _serve(config: AgentConfig, runner: Runner) -> int:
         return EXIT_CONFIG
     assert server_config.ssl is not None
     server_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.live = server_config.ssl
     log.info(
         "myx-agent %s listening mode=%s address=%s port=%d pid=%d",
         __version__, config.mode, config.bind_address, config.rpc_port, os.getpid(),

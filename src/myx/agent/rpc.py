@@ -20,6 +20,7 @@ from myx.agent.errors import (
     UnknownCommandError,
 )
 from myx.agent.runner import Command, CommandSpec, Runner
+from myx.agent.tls import TlsFiles
 from myx.protocol import errors as wire
 from myx.protocol.dispatch import Dispatcher
 from myx.protocol.methods import (
@@ -30,6 +31,7 @@ from myx.protocol.methods import (
     HeartbeatParams,
     ListCommandsParams,
     NoParams,
+    UpdateCertificateParams,
 )
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,10 @@ def _check_text(name: str, value: str) -> None:
 class AgentRpc:
     """Binds the method table to this agent's runner and host information."""
 
-    def __init__(self, config: AgentConfig, runner: Runner) -> None:
+    def __init__(self, config: AgentConfig, runner: Runner, tls: Optional[TlsFiles] = None) -> None:
         self.config = config
         self.runner = runner
+        self.tls = tls or TlsFiles(config.certificate_path, config.private_key_path)
         self.started = time.monotonic()
         self.sampler = sysinfo.CpuSampler()
         self.dispatcher: Dispatcher[CallContext] = Dispatcher(on_internal_error=self._internal_error)
@@ -100,6 +103,7 @@ class AgentRpc:
             "get_command_log": self.get_command_log,
             "cancel_command": self.cancel_command,
             "list_commands": self.list_commands,
+            "update_certificate": self.update_certificate,
         }
         for name, handler in handlers.items():
             self.dispatcher.add(name, _mapped(handler))
@@ -219,3 +223,6 @@ class AgentRpc:
     async def list_commands(self, ctx: CallContext, p: ListCommandsParams) -> Dict[str, Any]:
         commands = sorted(self.runner.commands.values(), key=lambda c: c.started_at)
         return {"commands": [c.summary() for c in commands if p.include_finished or not c.finished]}
+
+    async def update_certificate(self, ctx: CallContext, p: UpdateCertificateParams) -> Dict[str, Any]:
+        return {"status": "ok", "fingerprint": self.tls.replace(p.cert, p.key)}

@@ -1230,3 +1230,16 @@ def _deploy(
             f"{kind} failed: {(page.get('error') or '').splitlines()[0] if page.get('error') else ''}"
         )
     typer.echo(f"{kind} of {host} succeeded", err=True)
+
+
+@hosts_app.command("rotate-cert")
+def hosts_rotate_cert(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Issue a new agent certificate and hot-swap it (commands in flight keep running)."""
+    with connect(server, token) as api:
+        updated = api.post(f"/api/hosts/{ref(host)}/certificate")
+    agent = updated["agent"]
+    typer.echo(f"{host}: new certificate {agent['cert_fingerprint']} valid until {agent['cert_not_after']}")

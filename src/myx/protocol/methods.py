@@ -73,6 +73,12 @@ class CommandIdParams:
 
 
 @dataclass(frozen=True)
+class UpdateCertificateParams:
+    cert: str = constrained(max_len=64 << 10, nonempty=True)
+    key: str = constrained(max_len=64 << 10, nonempty=True)
+
+
+@dataclass(frozen=True)
 class ListCommandsParams:
     include_finished: bool = True
 
@@ -105,6 +111,7 @@ METHODS: Dict[str, Type[Any]] = {
     "get_command_log": GetCommandLogParams,
     "cancel_command": CommandIdParams,
     "list_commands": ListCommandsParams,
+    "update_certificate": UpdateCertificateParams,
 }
 
 NOTIFICATIONS: Dict[str, Type[Any]] = {

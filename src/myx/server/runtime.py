@@ -19,6 +19,7 @@ from myx.server.metrics import Metrics
 from myx.server.security.ca import FleetCA
 from myx.server.security.crypto import SecretBox
 from myx.server.services.batches import BatchService
+from myx.server.services.certificates import CertificateService
 from myx.server.services.commands import CommandService
 from myx.server.services.deployments import DeploymentService
 from myx.server.services.events import EventBus
@@ -77,6 +78,14 @@ class Runtime:
             wait_timeout=settings.agent_install_timeout,
             concurrency=settings.install_concurrency,
         )
+        self.certificates = CertificateService(
+            self.sessions,
+            self.ca,
+            self.hosts,
+            self.channel_for,
+            renew_before_days=settings.cert_renew_before_days,
+            check_every=settings.cert_check_interval,
+        )
         self.heartbeats = HeartbeatScheduler(
             self.sessions,
             self.writer,
@@ -105,9 +114,11 @@ class Runtime:
             await self.commands.resume_all()
             await self.batches.resume_all()
             self.heartbeats.start()
+            self.certificates.start()
 
     async def stop(self) -> None:
         await self.heartbeats.stop()
+        await self.certificates.stop()
         await self.deployments.stop()
         await self.batches.stop()
         await self.commands.stop()

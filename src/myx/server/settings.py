@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     agent_pyz: Path | None = None
     agent_install_timeout: float = Field(90.0, gt=0)
     install_concurrency: int = Field(10, ge=1)
+    cert_renew_before_days: int = Field(30, ge=1)
+    cert_check_interval: float = Field(12 * 3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -144,3 +144,12 @@ async def host_deployments(
         DeploymentOut.of(d, log_offset=len(d.log))
         for d in await runtime.deployments.list_for_host(session, host.id)
     ]
+
+
+@router.post("/{ref}/certificate", response_model=HostOut)
+async def rotate_certificate(
+    ref: str, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser
+) -> HostOut:
+    """Issue a new agent certificate and hot-swap it on the agent (commands in flight keep running)."""
+    host = await runtime.hosts.get(session, ref)
+    return HostOut.of(await runtime.certificates.rotate(session, host), detail=True)
