@@ -223,7 +223,36 @@ class BundledAgent:
         )
         log.close()
 
+    def start_supervised(self, pyz: Path) -> Path:
+        """Run from a copy of *pyz* under the agent's own supervisor (what an SSH install sets up)."""
+        import shutil
+
+        self.pyz = self.folder / "myx-agent.pyz"
+        shutil.copy2(pyz, self.pyz)
+        subprocess.run(
+            [sys.executable, "-I", str(self.pyz), "supervise", "--daemon", "--pidfile", str(self.pidfile),
+             "--log", str(self.folder / "agent.log"), "--config", str(self.folder / "config.json")],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        return self.pyz
+
+    @property
+    def pidfile(self) -> Path:
+        return self.folder / "myx-agent.pid"
+
     def stop(self) -> None:
+        if self.pidfile.exists():
+            stop = [
+                sys.executable,
+                "-m",
+                "myx.agent.main",
+                "stop",
+                "--pidfile",
+                str(self.pidfile),
+                "--timeout",
+                "40",
+            ]
+            subprocess.run(stop, capture_output=True, timeout=60, check=False)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -8,10 +8,10 @@ import logging
 import os
 import ssl
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from myx import __version__
-from myx.agent import agentlog, supervisor
+from myx.agent import agentlog, supervisor, upgrade
 from myx.agent.certs import ensure_certificate
 from myx.agent.config import AgentConfig, config_path, insecure_mode_problem, load_config
 from myx.agent.errors import AgentError, ConfigError
@@ -47,6 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"myx-agent: warning: {warning}", file=sys.stderr)
     if args.command == "check-config":
         return _check_config(config)
+    if args.command == "upgrade-watch":
+        return upgrade.watch(config.state_dir)
     if args.command == "supervise":
         # Validated above, before daemonizing: a broken config fails the install loudly
         # instead of looping in the back-off.
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "serve JSON-RPC over HTTPS and WebSocket"),
         ("check-config", "validate the config and TLS files, then exit"),
+        ("upgrade-watch", "(internal) roll back a self-upgrade that does not come up in time"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
@@ -192,8 +195,19 @@ async def _serve(config: AgentConfig, runner: Runner) -> int:
         __version__, config.mode, config.bind_address, config.rpc_port, os.getpid(),
     )  # fmt: skip
     server = uvicorn.Server(server_config)
-    await server.serve()
+    confirming = asyncio.ensure_future(_confirm_upgrade_once_serving(server, config.state_dir))
+    try:
+        await server.serve()
+    finally:
+        confirming.cancel()
     return 0 if server.started else 1
+
+
+async def _confirm_upgrade_once_serving(server: Any, state_dir: str) -> None:
+    """A pending self-upgrade to this version succeeded once we accept connections."""
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.1)
+    upgrade.confirm(state_dir)
 
 
 if __name__ == "__main__":

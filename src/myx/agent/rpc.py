@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Type
 
 from myx import __version__
-from myx.agent import sysinfo
+from myx.agent import sysinfo, upgrade
 from myx.agent.config import AgentConfig
 from myx.agent.errors import (
     AgentError,
@@ -32,6 +35,7 @@ from myx.protocol.methods import (
     ListCommandsParams,
     NoParams,
     UpdateCertificateParams,
+    UpgradeAgentParams,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,7 @@ class AgentRpc:
             "cancel_command": self.cancel_command,
             "list_commands": self.list_commands,
             "update_certificate": self.update_certificate,
+            "upgrade_agent": self.upgrade_agent,
         }
         for name, handler in handlers.items():
             self.dispatcher.add(name, _mapped(handler))
@@ -152,6 +157,7 @@ class AgentRpc:
             "running_command_ids": running,
             "max_concurrent_commands": self.runner.max_concurrent,
             "pty_sessions": 0,
+            "last_upgrade": upgrade.last_result(self.config.state_dir),
         }
 
     async def execute_command(self, ctx: CallContext, p: ExecuteCommandParams) -> Dict[str, Any]:
@@ -226,3 +232,18 @@ class AgentRpc:
 
     async def update_certificate(self, ctx: CallContext, p: UpdateCertificateParams) -> Dict[str, Any]:
         return {"status": "ok", "fingerprint": self.tls.replace(p.cert, p.key)}
+
+    async def upgrade_agent(self, ctx: CallContext, p: UpgradeAgentParams) -> Dict[str, Any]:
+        running = self.runner.running_count()
+        if running and not p.force:
+            raise BusyError(f"{running} commands are running; retry later or pass force=true")
+        try:
+            data = base64.b64decode(p.data, validate=True)
+        except ValueError:
+            raise InvalidInputError("'data' is not base64") from None
+        marker = upgrade.stage(self.config.state_dir, data, p.sha256, p.version, p.health_deadline)
+        upgrade.start_watchdog(self.config.path, marker)
+        # Reply first, then stop: the service manager starts the new file.
+        asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)
+        log.info("upgrading from=%s to=%s", marker["from_version"], marker["to_version"])
+        return {"status": "restarting", "from_version": marker["from_version"], "to_version": p.version}

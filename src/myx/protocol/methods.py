@@ -79,6 +79,15 @@ class UpdateCertificateParams:
 
 
 @dataclass(frozen=True)
+class UpgradeAgentParams:
+    version: str = constrained(max_len=64, nonempty=True)
+    sha256: str = constrained(pattern=r"[0-9a-fA-F]{64}")
+    data: str = constrained(max_len=64 << 20, nonempty=True)  # base64 of the new myx-agent.pyz
+    health_deadline: float = constrained(60.0, min=5.0, max=3600.0)
+    force: bool = False
+
+
+@dataclass(frozen=True)
 class ListCommandsParams:
     include_finished: bool = True
 
@@ -112,6 +121,7 @@ METHODS: Dict[str, Type[Any]] = {
     "cancel_command": CommandIdParams,
     "list_commands": ListCommandsParams,
     "update_certificate": UpdateCertificateParams,
+    "upgrade_agent": UpgradeAgentParams,
 }
 
 NOTIFICATIONS: Dict[str, Type[Any]] = {

@@ -11,7 +11,9 @@ Everything goes to the Deployment's one log, which readers follow while it grows
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,93 @@ class DeploymentService:
         self._tasks[deployment.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
         return deployment
+
+    async def start_upgrade(
+        self, session: AsyncSession, host: Host, user_id: int | None, health_deadline: float, force: bool
+    ) -> Deployment:
+        """Online upgrade through the agent (no SSH): it swaps its zipapp and rolls back by itself."""
+        if self.agent_pyz is None or not self.agent_pyz.is_file():
+            raise InvalidInput(
+                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
+            )
+        deployment = Deployment(
+            id=uuid.uuid4().hex, host_id=host.id, kind="upgrade", status=RUNNING, created_by=user_id, log=""
+        )
+        session.add(deployment)
+        await session.commit()
+        task = asyncio.get_running_loop().create_task(
+            self._guarded(deployment.id, self._upgrade(deployment.id, host.id, health_deadline, force))
+        )
+        self._tasks[deployment.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
+        return deployment
+
+    async def _guarded(self, deployment_id: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except DeploymentFailed as exc:
+            await self._end(deployment_id, FAILED, str(exc))
+        except (AgentUnavailable, AgentRejected) as exc:
+            await self._end(deployment_id, FAILED, exc.message)
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._end(deployment_id, FAILED, "the control server stopped during the deployment")
+            )
+            raise
+        except Exception as exc:
+            log.exception("deployment failed id=%s", deployment_id)
+            await self._end(deployment_id, FAILED, f"internal error: {exc}")
+        else:
+            await self._end(deployment_id, SUCCESS, None)
+
+    async def _upgrade(self, deployment_id: str, host_id: int, health_deadline: float, force: bool) -> None:
+        assert self.agent_pyz is not None
+        data = self.agent_pyz.read_bytes()
+        target = _pyz_version(data)
+        host, _ = await self._load_host(host_id)
+        channel = self.channel_for(self.hosts.endpoint(host))
+        before = (await channel.call("health_check"))["version"]
+        await self._say(deployment_id, f"upgrading {host.name} from {before} to {target} ({len(data)} bytes)")
+        await channel.call(
+            "upgrade_agent",
+            {
+                "version": target,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "data": base64.b64encode(data).decode("ascii"),
+                "health_deadline": health_deadline,
+                "force": force,
+            },
+        )
+        await self._say(
+            deployment_id, f"the agent took the new version and restarts; deadline {health_deadline:g} s"
+        )
+        deadline = time.monotonic() + health_deadline + 60
+        reported = time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            try:
+                status = await channel.call("get_status", retry=False, timeout=5)
+            except (AgentUnavailable, AgentRejected):
+                if time.monotonic() - reported >= PROGRESS_EVERY:
+                    reported = time.monotonic()
+                    await self._say(deployment_id, "waiting for the agent to come back")
+                continue
+            last = status.get("last_upgrade") or {}
+            if status.get("version") == target and last.get("status") == "success":
+                await self._say(deployment_id, f"the agent answers on {target}")
+                return
+            if last.get("status") == "rolled_back" and last.get("to_version") == target:
+                raise DeploymentFailed(f"{last.get('reason')}; the agent answers on {status.get('version')}")
+        raise DeploymentFailed(
+            f"the agent did not report the upgrade's outcome within {health_deadline + 60:g} s"
+        )
+
+    async def _load_host(self, host_id: int) -> tuple[Host, None]:
+        async with self.sessions() as session:
+            host = await session.get(Host, host_id, populate_existing=True)
+            if host is None:
+                raise DeploymentFailed("the host was deleted during the deployment")
+            return host, None
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -525,6 +614,23 @@ def _run_ansible(
         **what,
     )
     return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
+
+
+def _pyz_version(data: bytes) -> str:
+    """The version inside a myx-agent.pyz (its myx/__init__.py), without running it."""
+    import io
+    import re
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            text = archive.read("myx/__init__.py").decode("utf-8")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
+        raise InvalidInput("the agent zipapp has no myx/__init__.py: not a myx-agent.pyz") from None
+    found = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", text, re.MULTILINE)
+    if found is None:
+        raise InvalidInput("the agent zipapp does not declare a version")
+    return found.group(1)
 
 
 def _log_line(line: str) -> str:

@@ -153,3 +153,19 @@ async def rotate_certificate(
     """Issue a new agent certificate and hot-swap it on the agent (commands in flight keep running)."""
     host = await runtime.hosts.get(session, ref)
     return HostOut.of(await runtime.certificates.rotate(session, host), detail=True)
+
+
+@router.post("/{ref}/upgrade", response_model=DeploymentOut, status_code=202)
+async def upgrade_agent(
+    ref: str,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    user: CurrentUser,
+    health_deadline: Annotated[float, Query(ge=5, le=3600)] = 60,
+    force: bool = False,
+) -> DeploymentOut:
+    """Online upgrade to the control server's agent zipapp; a version that does not come up is rolled back."""
+    host = await runtime.hosts.get(session, ref)
+    return DeploymentOut.of(
+        await runtime.deployments.start_upgrade(session, host, user.id, health_deadline, force)
+    )
