@@ -205,3 +205,24 @@ def test_cli_install_follow_with_password_as_a_user(
     finally:
         _stop_agent(home / f"myx-e2e-{os.getpid()}")
         subprocess.run(["rm", "-rf", str(home / f"myx-e2e-{os.getpid()}")], check=False)
+
+
+def test_a_changed_host_key_is_refused(server: ServerProcess, sshd: SshServer, tmp_path: Path) -> None:
+    server.add_host("ssh6", address="127.0.0.1")
+    server.ok(
+        server.api.put(
+            "/api/hosts/ssh6/ssh",
+            json={"user": "root", "port": sshd.port, "private_key": sshd.client_key().read_text()},
+        )
+    )
+    # the control server remembered another key for this address (trust on first use)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = server.workdir / "data" / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {(other.with_suffix('.pub')).read_text().split(' ', 2)[0]} "
+                     f"{(other.with_suffix('.pub')).read_text().split(' ', 2)[1]}\n")  # fmt: skip
+    done = _follow(
+        server, server.ok(server.api.post("/api/hosts/ssh6/install", json=_options(tmp_path / "h")))["id"]
+    )
+    assert done["status"] == "failed"
+    assert "host key" in done["full_log"].lower() or "identification has changed" in done["full_log"].lower()

@@ -594,6 +594,9 @@ def _run_ansible(
 
     envvars = {
         "ANSIBLE_CONFIG": str(tool_dir() / "ansible.cfg"),
+        # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless told otherwise, which puts
+        # StrictHostKeyChecking=no ahead of our accept-new: a changed host key must fail the run.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         # ansible-runner starts ansible-playbook from PATH: the one installed beside this Python.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
         # ssh control sockets need a short path (the socket path limit is ~100 bytes).
