@@ -93,3 +93,34 @@ def test_upgrade_then_broken_build_rolls_back(setup: tuple[ServerProcess, Path],
     assert "rolled back" in failed["error"]
     assert "0.1.1+test" in failed["error"]  # the agent answers on the old version
     assert server.run("up1", "echo", "after-rollback")["status"] == "success"
+
+
+def test_rollout_stops_after_a_failed_canary(tmp_path: Path, pyz: Path) -> None:
+    offered = tmp_path / "offered.pyz"
+    _variant(pyz, offered, "0.9.9+broken", broken=True)
+    server = ServerProcess(tmp_path / "server", MYX_AGENT_PYZ=str(offered))
+    server.setup().start()
+    try:
+        names = ["roll1", "roll2", "roll3"]
+        for name in names:
+            server.add_host(name, labels={"ring": "all"})
+            bundled = BundledAgent(tmp_path / name, server.api.get(f"/api/hosts/{name}/bundle").content)
+            server.agents.append(bundled)
+            bundled.start_supervised(pyz)
+        for name in names:
+            server.wait_status(name, "online", timeout=60)
+        body = {"target": ["ring=all"], "canary": 1, "batch_size": 2, "health_deadline": 10}
+        deployments = server.ok(server.api.post("/api/upgrades", json=body))
+        assert len(deployments) == 3
+        results = [_follow(server, d["id"]) for d in deployments]
+        assert results[0]["status"] == "failed"
+        assert "rolled back" in results[0]["error"]
+        for later in results[1:]:
+            assert later["status"] == "failed"
+            assert "rollout stopped" in later["error"]
+        # the hosts after the canary were never touched: still on the original version
+        for name in names[1:]:
+            assert server.host(name)["agent"]["version"] != "0.9.9+broken"
+        assert server.run("roll2", "true")["status"] == "success"
+    finally:
+        server.shutdown()

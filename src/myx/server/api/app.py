@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from myx import __version__
 from myx.server.api import errors
-from myx.server.api.routes import auth, batches, commands, deployments, hosts, system
+from myx.server.api.routes import auth, batches, commands, deployments, hosts, system, upgrades
 from myx.server.runtime import Runtime
 from myx.server.settings import Settings
 
@@ -36,6 +36,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     errors.install(app)
-    for module in (auth, hosts, commands, batches, deployments, system):
+    for module in (auth, hosts, commands, batches, deployments, upgrades, system):
         app.include_router(module.router)
     return app

@@ -32,7 +32,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from myx.server.channels.base import AgentChannel
 from myx.server.db.base import utcnow
-from myx.server.db.models import AGENT_ONLINE, FAILED, RUNNING, SUCCESS, Agent, AgentEvent, Deployment, Host
+from myx.server.db.models import (
+    AGENT_ONLINE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCESS,
+    Agent,
+    AgentEvent,
+    Deployment,
+    Host,
+)
 from myx.server.errors import AgentRejected, AgentUnavailable, InvalidInput, NotFound
 from myx.server.security.crypto import SecretBox
 from myx.server.services.events import EventBus
@@ -191,6 +201,73 @@ class DeploymentService:
         self._tasks[deployment.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
         return deployment
+
+    async def start_rollout(
+        self,
+        session: AsyncSession,
+        hosts: list[Host],
+        user_id: int | None,
+        canary: int,
+        batch_size: int,
+        health_deadline: float,
+        force: bool,
+    ) -> list[Deployment]:
+        """Upgrade many agents: *canary* hosts one by one first, then waves of *batch_size* at a time.
+
+        The first failure stops the rollout; hosts not yet started end as failed with that reason.
+        """
+        if self.agent_pyz is None or not self.agent_pyz.is_file():
+            raise InvalidInput(
+                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
+            )
+        if not hosts:
+            raise InvalidInput("no hosts to upgrade")
+        if canary < 0 or batch_size < 1:
+            raise InvalidInput("canary must be >= 0 and batch_size >= 1")
+        deployments = [
+            Deployment(
+                id=uuid.uuid4().hex, host_id=h.id, kind="upgrade", status=PENDING, created_by=user_id, log=""
+            )
+            for h in hosts
+        ]
+        session.add_all(deployments)
+        await session.commit()
+        plan = [[d] for d in deployments[:canary]]
+        rest = deployments[canary:]
+        plan += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+        task = asyncio.get_running_loop().create_task(self._rollout(plan, health_deadline, force))
+        self._tasks[f"rollout-{deployments[0].id}"] = task
+        task.add_done_callback(lambda _: self._tasks.pop(f"rollout-{deployments[0].id}", None))
+        return deployments
+
+    async def _rollout(self, plan: list[list[Deployment]], health_deadline: float, force: bool) -> None:
+        for number, wave in enumerate(plan):
+            for d in wave:
+                await self._set_status(d.id, RUNNING)
+            await asyncio.gather(
+                *(self._guarded(d.id, self._upgrade(d.id, d.host_id, health_deadline, force)) for d in wave)
+            )
+            failed = await self._failed_among([d.id for d in wave])
+            if failed:
+                reason = f"rollout stopped: the upgrade failed on {len(failed)} host(s) of wave {number + 1}"
+                for later in [d for w in plan[number + 1 :] for d in w]:
+                    await self._end(later.id, FAILED, reason)
+                return
+
+    async def _set_status(self, deployment_id: str, status: str) -> None:
+        async def op(session: AsyncSession) -> None:
+            await session.execute(
+                update(Deployment).where(Deployment.id == deployment_id).values(status=status)
+            )
+
+        await self.writer.submit(op)
+
+    async def _failed_among(self, ids: list[str]) -> list[str]:
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Deployment.id).where(Deployment.id.in_(ids), Deployment.status == FAILED)
+            )
+            return list(rows.scalars())
 
     async def _guarded(self, deployment_id: str, work: Coroutine[Any, Any, None]) -> None:
         try:
