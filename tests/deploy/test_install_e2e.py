@@ -226,3 +226,41 @@ def test_a_changed_host_key_is_refused(server: ServerProcess, sshd: SshServer, t
     )
     assert done["status"] == "failed"
     assert "host key" in done["full_log"].lower() or "identification has changed" in done["full_log"].lower()
+
+
+def test_agent_lifecycle_over_ssh_and_through_the_agent(
+    server: ServerProcess, sshd: SshServer, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "host"
+    server.add_host("ssh7", address="127.0.0.1")
+    key = sshd.client_key().read_text()
+    server.ok(
+        server.api.put("/api/hosts/ssh7/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
+    )
+    try:
+        done = _follow(
+            server, server.ok(server.api.post("/api/hosts/ssh7/install", json=_options(prefix)))["id"]
+        )
+        assert done["status"] == "success", done["full_log"]
+        assert server.ok(server.api.post("/api/hosts/ssh7/agent/status"))["state"] == "running"
+        assert server.ok(server.api.post("/api/hosts/ssh7/agent/stop"))["state"] == "stopped"
+        server.wait_status("ssh7", "offline", timeout=30)
+        assert server.ok(server.api.post("/api/hosts/ssh7/agent/start"))["state"] == "running"
+        server.wait_status("ssh7", "online", timeout=30)
+        time.sleep(2)  # a few heartbeats: the agent's uptime in the metrics snapshot grows
+        before = server.host("ssh7")["metrics"]["uptime"]
+        restarted = server.ok(server.api.post("/api/hosts/ssh7/agent/restart", params={"via": "agent"}))
+        assert restarted["state"] == "restarting"
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            metrics = server.host("ssh7")["metrics"]
+            if metrics and metrics["uptime"] < before:
+                break  # a new agent process answers the heartbeats
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the agent did not restart")
+        assert server.run("ssh7", "true")["status"] == "success"
+        bad = server.api.post("/api/hosts/ssh7/agent/stop", params={"via": "agent"})
+        assert bad.status_code == 400
+    finally:
+        _stop_agent(prefix)

@@ -35,6 +35,7 @@ _SCHEMA: Dict[str, Tuple[Tuple[type, ...], str]] = {
     "server_url": ((str,), "a URL"),
     "server_ca_path": ((str,), "a file path"),
     "deployment_tool_dir": ((str,), "a directory path"),
+    "ansible_playbook": ((str,), "a command name (looked up in PATH) or a path to ansible-playbook"),
     "state_dir": ((str,), "a directory path"),
     "max_concurrent_commands": ((int,), "a positive integer"),
     "max_output_bytes": ((int,), "a positive integer"),
@@ -71,6 +72,7 @@ class AgentConfig:
     server_url: Optional[str] = None
     server_ca_path: Optional[str] = None
     deployment_tool_dir: str = "/opt/myx-deployment-tool"
+    ansible_playbook: str = "ansible-playbook"
     state_dir: str = "/var/lib/myx-agent"
     max_concurrent_commands: int = 32
     max_output_bytes: int = 256 << 20
@@ -106,6 +108,10 @@ def load_config(path: str) -> AgentConfig:
     for key in _PATH_KEYS:
         if key in values:
             values[key] = os.path.normpath(os.path.join(base, os.path.expanduser(values[key])))
+    # A bare command name is looked up in PATH when a playbook runs; only a path is resolved here.
+    program = values.get("ansible_playbook")
+    if program is not None and "/" in os.path.expanduser(program):
+        values["ansible_playbook"] = os.path.normpath(os.path.join(base, os.path.expanduser(program)))
     values["result_retention_seconds"] = float(values.get("result_retention_seconds", 24 * 3600.0))
     values["kill_grace_seconds"] = float(values.get("kill_grace_seconds", 5.0))
     return AgentConfig(path=os.path.abspath(path), warnings=warnings, **values)
@@ -166,6 +172,8 @@ def _check_values(path: str, values: Dict[str, Any]) -> List[str]:
     for key in ("result_retention_seconds", "kill_grace_seconds"):
         if key in values and values[key] < 0:
             problems.append(f"{path}: {key!r} must not be negative, got {values[key]}")
+    if "ansible_playbook" in values and not values["ansible_playbook"].strip():
+        problems.append(f"{path}: 'ansible_playbook' must not be empty (leave it out for PATH lookup)")
     if "log_level" in values and values["log_level"] not in _LOG_LEVELS:
         problems.append(f"{path}: 'log_level' must be one of {', '.join(_LOG_LEVELS)}")
     return problems

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
+import hashlib
+import json
 import logging
 import os
+import shutil
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Type
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type
 
 from myx import __version__
-from myx.agent import sysinfo, upgrade
+from myx.agent import bundles, sysinfo, upgrade
 from myx.agent.config import AgentConfig
 from myx.agent.errors import (
     AgentError,
@@ -28,12 +33,14 @@ from myx.protocol import errors as wire
 from myx.protocol.dispatch import Dispatcher
 from myx.protocol.methods import (
     CommandIdParams,
+    ExecuteAnsibleParams,
     ExecuteCommandParams,
     ExecuteScriptParams,
     GetCommandLogParams,
     HeartbeatParams,
     ListCommandsParams,
     NoParams,
+    SyncBundleParams,
     UpdateCertificateParams,
     UpgradeAgentParams,
 )
@@ -41,6 +48,10 @@ from myx.protocol.methods import (
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT = 10.0
+# Larger extra_vars go to a file (-e @file): one argv element may not exceed 128 KiB on Linux.
+ANSIBLE_INLINE_VARS_MAX = 64 << 10
+ANSIBLE_VARS_DIR = "ansible-vars"
+ANSIBLE_INVENTORY = os.path.join("inventory", "localhost.ini")
 
 _WIRE_ERRORS: Dict[Type[AgentError], Type[wire.RpcError]] = {
     UnknownCommandError: wire.UnknownTarget,
@@ -109,9 +120,18 @@ class AgentRpc:
             "list_commands": self.list_commands,
             "update_certificate": self.update_certificate,
             "upgrade_agent": self.upgrade_agent,
+            "sync_bundle": self.sync_bundle,
+            "execute_ansible": self.execute_ansible,
+            "restart_agent": self.restart_agent,
         }
         for name, handler in handlers.items():
             self.dispatcher.add(name, _mapped(handler))
+        self._bundle_syncs = 0
+        # extra_vars files of running playbooks, removed when they finish; none can be running yet.
+        self._vars_files: Dict[str, str] = {}
+        self._vars_dir = os.path.join(config.state_dir, ANSIBLE_VARS_DIR)
+        shutil.rmtree(self._vars_dir, ignore_errors=True)
+        runner.add_listener(self._remove_vars_file)
 
     @staticmethod
     def _internal_error(method: str, exc: BaseException) -> None:
@@ -247,3 +267,117 @@ class AgentRpc:
         asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)
         log.info("upgrading from=%s to=%s", marker["from_version"], marker["to_version"])
         return {"status": "restarting", "from_version": marker["from_version"], "to_version": p.version}
+
+    async def restart_agent(self, ctx: CallContext, p: NoParams) -> Dict[str, Any]:
+        """Stop after replying; systemd (Restart=always) or the supervisor starts the agent again."""
+        asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)
+        log.info("restart requested")
+        return {"status": "restarting", "version": __version__}
+
+    async def sync_bundle(self, ctx: CallContext, p: SyncBundleParams) -> Dict[str, Any]:
+        tool_dir = self.config.deployment_tool_dir
+        if self._ansible_running() and bundles.installed_sha256(tool_dir) != p.sha256.lower():
+            # Swapping the directory would pull the files from under the running playbook.
+            raise BusyError("a playbook is running from the deployment tool dir; retry when it has finished")
+
+        def install() -> Dict[str, Any]:
+            try:
+                data = base64.b64decode(p.data, validate=True)
+            except ValueError:
+                raise InvalidInputError("'data' is not base64") from None
+            return bundles.sync(tool_dir, p.name, p.sha256, data)
+
+        # Decoding, hashing and unpacking up to 256 MiB must not stall every other request.
+        self._bundle_syncs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, install)
+        finally:
+            self._bundle_syncs -= 1
+
+    async def execute_ansible(self, ctx: CallContext, p: ExecuteAnsibleParams) -> Dict[str, Any]:
+        if self._bundle_syncs:
+            raise BusyError("the deployment tool is being synced; retry when sync_bundle has finished")
+        command_id = p.command_id or uuid.uuid4().hex
+        spec, vars_file, vars_text = self._ansible_spec(p, command_id)
+        # A retried command id starts nothing: its file is already there, or already removed.
+        wrote_vars = False
+        if vars_file is not None and command_id not in self.runner.commands:
+            self._write_vars_file(command_id, vars_file, vars_text)
+            wrote_vars = True
+        try:
+            return await self._start(ctx, spec, command_id)
+        except BaseException:
+            if wrote_vars:
+                self._remove_vars_file_of(command_id)
+            raise
+
+    def _ansible_spec(
+        self, p: ExecuteAnsibleParams, command_id: str
+    ) -> Tuple[CommandSpec, Optional[str], str]:
+        """The ansible-playbook command, and the extra_vars file it reads (if the vars need one)."""
+        tool_dir = os.path.realpath(self.config.deployment_tool_dir)
+        playbook = _confine_playbook(tool_dir, p.playbook)
+        inventory = os.path.join(tool_dir, ANSIBLE_INVENTORY)
+        argv = [self._ansible_playbook()]
+        if os.path.isfile(inventory):
+            argv += ["-i", inventory]
+        else:
+            argv += ["-i", "localhost,", "-c", "local"]
+        argv.append(playbook)
+        env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+        ansible_cfg = os.path.join(tool_dir, "ansible.cfg")
+        if os.path.isfile(ansible_cfg):
+            env["ANSIBLE_CONFIG"] = ansible_cfg
+        vars_file: Optional[str] = None
+        text = ""
+        if p.extra_vars is not None:
+            text = json.dumps(p.extra_vars, sort_keys=True, separators=(",", ":"))
+            if len(text) <= ANSIBLE_INLINE_VARS_MAX:
+                argv += ["-e", text]
+            else:
+                # Named after the content too, so a reused command id with other vars is a conflict.
+                digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+                vars_file = os.path.join(self._vars_dir, f"{command_id}-{digest}.json")
+                argv += ["-e", "@" + vars_file]
+        spec = CommandSpec(argv=argv, timeout=p.timeout, env=env, cwd=tool_dir, kind="ansible")
+        return spec, vars_file, text
+
+    def _ansible_running(self) -> bool:
+        return any(c.kind == "ansible" and not c.finished for c in self.runner.commands.values())
+
+    def _ansible_playbook(self) -> str:
+        found = shutil.which(self.config.ansible_playbook)
+        if found is None:
+            raise InvalidInputError(
+                f"ansible-playbook is not installed on this host ({self.config.ansible_playbook!r} not "
+                "found): install ansible-core (scripts/install_ansible.sh in the deployment tool) "
+                "or set ansible_playbook in the config"
+            )
+        return os.path.abspath(found)
+
+    def _write_vars_file(self, command_id: str, path: str, text: str) -> None:
+        os.makedirs(self._vars_dir, mode=0o700, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        self._vars_files[command_id] = path
+
+    def _remove_vars_file(self, command: Command) -> None:
+        self._remove_vars_file_of(command.id)
+
+    def _remove_vars_file_of(self, command_id: str) -> None:
+        path = self._vars_files.pop(command_id, None)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _confine_playbook(tool_dir: str, playbook: str) -> str:
+    """The playbook's real path, which must be a file inside the (real) deployment tool dir."""
+    _check_text("playbook", playbook)
+    path = os.path.realpath(os.path.join(tool_dir, playbook))
+    if path == tool_dir or os.path.commonpath([tool_dir, path]) != tool_dir or not os.path.isfile(path):
+        raise InvalidInputError(
+            f"playbook {playbook!r}: the playbook must be a file inside the deployment tool dir "
+            f"{tool_dir} (synced with sync_bundle)"
+        )
+    return path

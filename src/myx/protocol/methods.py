@@ -20,6 +20,9 @@ DEFAULT_TIMEOUT = 300.0
 DEFAULT_LOG_LIMIT = 1 << 20
 MAX_LOG_LIMIT = 16 << 20
 MAX_LOG_WAIT = 60.0
+# A bundle name becomes a directory name on the agent.
+BUNDLE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+DEFAULT_ANSIBLE_TIMEOUT = 1800.0
 
 
 def _str_list() -> List[str]:
@@ -88,6 +91,21 @@ class UpgradeAgentParams:
 
 
 @dataclass(frozen=True)
+class SyncBundleParams:
+    name: str = constrained(pattern=BUNDLE_NAME_PATTERN)
+    sha256: str = constrained(pattern=r"[0-9a-fA-F]{64}")
+    data: str = constrained(max_len=64 << 20, nonempty=True)  # base64 of a .tar.gz
+
+
+@dataclass(frozen=True)
+class ExecuteAnsibleParams:
+    playbook: str = constrained(max_len=1024, nonempty=True)  # relative to the deployment tool dir
+    extra_vars: Optional[Dict[str, Any]] = None
+    timeout: float = constrained(DEFAULT_ANSIBLE_TIMEOUT, min=0.001, max=MAX_TIMEOUT)
+    command_id: Optional[str] = constrained(None, pattern=COMMAND_ID_PATTERN)
+
+
+@dataclass(frozen=True)
 class ListCommandsParams:
     include_finished: bool = True
 
@@ -122,6 +140,9 @@ METHODS: Dict[str, Type[Any]] = {
     "list_commands": ListCommandsParams,
     "update_certificate": UpdateCertificateParams,
     "upgrade_agent": UpgradeAgentParams,
+    "sync_bundle": SyncBundleParams,
+    "execute_ansible": ExecuteAnsibleParams,
+    "restart_agent": NoParams,
 }
 
 NOTIFICATIONS: Dict[str, Type[Any]] = {

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 PORT_TAKEN_MARKER = "MYX_PORT_TAKEN"
 # agent_log.yml prints each log line with this prefix so it can be told from Ansible's own output.
 LOG_PREFIX = "MYX_LOG| "
+STATUS_PREFIX = "MYX_STATUS| "
 PORT_ATTEMPTS = 3
 WAIT_EVERY = 3.0
 PROGRESS_EVERY = 10.0
@@ -201,6 +202,28 @@ class DeploymentService:
         self._tasks[deployment.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
         return deployment
+
+    async def service_action(self, host: Host, action: str) -> str:
+        """start/stop/restart/status of the agent's service over SSH; returns running or stopped."""
+        if action not in ("start", "stop", "restart", "status"):
+            raise InvalidInput("action must be start, stop, restart or status")
+        access = self.ssh_access(host)
+        options = self.options(host)
+        extravars = {
+            "myx_action": action,
+            "myx_install_dir": options["install_dir"],
+            "myx_config_dir": options["config_dir"],
+            "myx_service_manager": options["service_manager"],
+        }
+        with self._workdir() as work:
+            ok, output = await self._ansible(
+                work,
+                access,
+                {"playbook": str(tool_dir() / "playbooks" / "agent_service.yml"), "extravars": extravars},
+            )
+        if not ok:
+            raise AgentUnavailable(f"{host.name}: {action} over SSH failed: {_failure_summary(output)}")
+        return "running" if f"{STATUS_PREFIX}running" in output else "stopped"
 
     async def start_rollout(
         self,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
 from myx.server.api.deps import CurrentUser, RuntimeDep, SessionDep
@@ -169,3 +169,25 @@ async def upgrade_agent(
     return DeploymentOut.of(
         await runtime.deployments.start_upgrade(session, host, user.id, health_deadline, force)
     )
+
+
+@router.post("/{ref}/agent/{action}")
+async def agent_service(
+    ref: str,
+    action: Annotated[str, Path(pattern="^(start|stop|restart|status)$")],
+    runtime: RuntimeDep,
+    session: SessionDep,
+    _user: CurrentUser,
+    via: Annotated[str, Query(pattern="^(agent|ssh)$")] = "ssh",
+) -> dict[str, str]:
+    """Agent lifecycle: ``restart`` through the agent itself (via=agent) or any action over SSH."""
+    host = await runtime.hosts.get(session, ref)
+    if via == "agent":
+        if action != "restart":
+            raise InvalidInput(
+                "through the agent only 'restart' is possible; use via=ssh for start/stop/status"
+            )
+        reply = await runtime.channel_for(runtime.hosts.endpoint(host)).call("restart_agent")
+        return {"host": host.name, "action": action, "state": str(reply.get("status"))}
+    state = await runtime.deployments.service_action(host, action)
+    return {"host": host.name, "action": action, "state": state}
