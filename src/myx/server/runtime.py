@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from myx.deployment_tool import TOOL_DIR
 from myx.server.channels.base import AgentEndpoint
 from myx.server.channels.http import HttpAgentChannel, make_client
 from myx.server.channels.retry import RetryPolicy
@@ -18,6 +19,7 @@ from myx.server.errors import ConfigurationError
 from myx.server.metrics import Metrics
 from myx.server.security.ca import FleetCA
 from myx.server.security.crypto import SecretBox
+from myx.server.services.ansible import AnsibleExecutor
 from myx.server.services.batches import BatchService
 from myx.server.services.certificates import CertificateService
 from myx.server.services.commands import CommandService
@@ -78,6 +80,7 @@ class Runtime:
             wait_timeout=settings.agent_install_timeout,
             concurrency=settings.install_concurrency,
         )
+        self.ansible = AnsibleExecutor(self.hosts, self.commands, self.channel_for, TOOL_DIR)
         self.certificates = CertificateService(
             self.sessions,
             self.ca,

@@ -61,20 +61,27 @@ class CommandRequest:
     timeout: float = 300.0
     shell: bool = False
     script: str | None = None  # execute_script: ``command`` is then the interpreter
+    playbook: bool = False  # execute_ansible: ``command`` is then the playbook path
+    extra_vars: dict[str, Any] | None = None
     env: dict[str, str] | None = None
     cwd: str | None = None
     stdin: str | None = None
 
     @property
     def kind(self) -> str:
+        if self.playbook:
+            return "ansible"
         return "script" if self.script is not None else "shell" if self.shell else "command"
 
     def extras(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in (("env", self.env), ("cwd", self.cwd), ("stdin", self.stdin), ("script", self.script))
-            if v is not None
-        }
+        pairs = (
+            ("env", self.env),
+            ("cwd", self.cwd),
+            ("stdin", self.stdin),
+            ("script", self.script),
+            ("extra_vars", self.extra_vars),
+        )
+        return {k: v for k, v in pairs if v is not None}
 
 
 @dataclass
@@ -239,18 +246,23 @@ class CommandService:
     def _job(
         self, command: Command, request: CommandRequest, endpoint: AgentEndpoint, status: str | None = None
     ) -> _Job:
-        if request.script is not None:
+        params: dict[str, Any] = {"timeout": request.timeout, "command_id": command.id}
+        if request.playbook:
+            method = "execute_ansible"
+            params["playbook"] = request.command
+            if request.extra_vars:
+                params["extra_vars"] = request.extra_vars
+        elif request.script is not None:
             method = "execute_script"
-            params: dict[str, Any] = {"script": request.script, "interpreter": request.command}
+            params.update(script=request.script, interpreter=request.command, args=request.args)
         else:
             method = "execute_command"
-            params = {"command": request.command, "shell": request.shell}
+            params.update(command=request.command, shell=request.shell, args=request.args)
             if request.stdin is not None:
                 params["stdin"] = request.stdin
-        params.update(args=request.args, timeout=request.timeout, command_id=command.id)
-        if request.env:
+        if request.env and not request.playbook:
             params["env"] = request.env
-        if request.cwd:
+        if request.cwd and not request.playbook:
             params["cwd"] = request.cwd
         return _Job(
             command.id,
@@ -269,6 +281,7 @@ class CommandService:
             args=list(command.args or []),
             timeout=command.timeout,
             shell=command.kind == "shell",
+            playbook=command.kind == "ansible",
             **extras,
         )
 

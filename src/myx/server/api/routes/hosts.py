@@ -1,19 +1,23 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from myx.protocol.methods import MAX_TIMEOUT
 from myx.server.api.deps import CurrentUser, RuntimeDep, SessionDep
 from myx.server.api.schemas import (
     AgentEventOut,
+    CommandOut,
     DeploymentOut,
     HostCreate,
     HostOut,
     InstallOptions,
     Page,
     SshIn,
+    Strict,
 )
 from myx.server.db.models import AgentEvent
 from myx.server.errors import InvalidInput
@@ -191,3 +195,28 @@ async def agent_service(
         return {"host": host.name, "action": action, "state": str(reply.get("status"))}
     state = await runtime.deployments.service_action(host, action)
     return {"host": host.name, "action": action, "state": state}
+
+
+class PlaybookIn(Strict):
+    playbook: str = Field(min_length=1, max_length=1024, examples=["playbooks/ping.yml"])
+    extra_vars: dict[str, Any] | None = None
+    timeout: float = Field(1800.0, gt=0, le=MAX_TIMEOUT)
+
+
+class PlaybookOut(BaseModel):
+    sync: dict[str, Any]
+    command: CommandOut
+
+
+@router.post("/{ref}/playbooks", response_model=PlaybookOut, status_code=201)
+async def run_playbook(
+    ref: str, body: PlaybookIn, runtime: RuntimeDep, session: SessionDep, user: CurrentUser
+) -> PlaybookOut:
+    """Sync the deployment tool to the agent (skipped when unchanged) and run a playbook of it there.
+
+    The playbook runs as a command: follow it with /api/commands/{id}/stream."""
+    host = await runtime.hosts.get(session, ref)
+    synced, command = await runtime.ansible.run_playbook(
+        host, body.playbook, body.extra_vars, body.timeout, user.id
+    )
+    return PlaybookOut(sync=synced, command=CommandOut.of(command))
