@@ -2,6 +2,7 @@
 # System packages and accounts the tests need beyond .venv (scripts/test.sh calls this before pytest):
 #   - openssh-server: tests/deploy starts its own private sshd on a loopback port (tests/support/sshd.py);
 #   - sshpass: Ansible's ssh connection needs it for password authentication;
+#   - caddy: the Caddy deployment test serves a site with it on a loopback port;
 #   - /run/sshd: sshd refuses to start without its privilege-separation directory;
 #   - the unprivileged account `myxtest`, which the password-auth install tests log in as.
 # Idempotent and quick once everything is there (no apt-get at all then). Never starts a system
@@ -9,7 +10,7 @@
 # and exits 0, so that the tests that need it skip with a reason instead of failing here.
 set -euo pipefail
 
-PACKAGES=(openssh-server sshpass)
+PACKAGES=(openssh-server sshpass caddy)
 TEST_USER=myxtest
 
 say() {
