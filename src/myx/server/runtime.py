@@ -6,8 +6,11 @@ the app's lifespan.  Services get their collaborators here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+
+import httpx
 
 from myx.deployment_tool import TOOL_DIR
 from myx.server.channels.base import AgentEndpoint
@@ -52,6 +55,7 @@ class Runtime:
         self.writer = WriteQueue(self.sessions)
         self.policy = RetryPolicy(settings.agent_rpc_retry_max_attempts, settings.agent_rpc_retry_base_delay)
         self.client = make_client(self.ca.agent_ssl_context())
+        self._pinned_clients: dict[str, httpx.AsyncClient] = {}
         self.hosts = HostService(self.box, self.ca)
         self.users = UserService()
         self.commands = CommandService(
@@ -104,7 +108,14 @@ class Runtime:
         )
 
     def channel_for(self, endpoint: AgentEndpoint) -> HttpAgentChannel:
-        return HttpAgentChannel(endpoint, self.client, self.policy, self.settings.agent_rpc_timeout)
+        client = self.client
+        if endpoint.pinned_cert_pem is not None:
+            # A custom certificate: a client that trusts exactly that certificate, one per pin.
+            pin = hashlib.sha256(endpoint.pinned_cert_pem).hexdigest()
+            client = self._pinned_clients.get(pin) or self._pinned_clients.setdefault(
+                pin, make_client(self.ca.pinned_ssl_context(endpoint.pinned_cert_pem), max_connections=64)
+            )
+        return HttpAgentChannel(endpoint, client, self.policy, self.settings.agent_rpc_timeout)
 
     async def start(self, background: bool = True) -> None:
         url = self.settings.db_url
@@ -127,4 +138,6 @@ class Runtime:
         await self.commands.stop()
         await self.writer.stop()
         await self.client.aclose()
+        for client in self._pinned_clients.values():
+            await client.aclose()
         await self.engine.dispose()

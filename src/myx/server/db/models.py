@@ -85,6 +85,8 @@ class Agent(Base):
     cert_fingerprint: Mapped[str | None] = mapped_column(String(95), nullable=True)
     cert_not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     custom_cert: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A certificate the operator installed on the agent (seed 002): pinned, not issued by our CA.
+    custom_cert_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     rpc_supported: Mapped[bool] = mapped_column(Boolean, default=True)
     rpc_last_check: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     rpc_last_success: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

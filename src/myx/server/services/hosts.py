@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from myx.server.channels.base import AgentEndpoint
 from myx.server.db.models import Agent, Host
 from myx.server.errors import AlreadyExists, InvalidInput, NotFound
-from myx.server.security.ca import FleetCA
+from myx.server.security.ca import FleetCA, fingerprint_of_pem
 from myx.server.security.crypto import SecretBox
 from myx.server.security.tokens import random_agent_secret, random_agent_token, random_rpc_path
 
@@ -174,7 +174,25 @@ class HostService:
             rpc_port=host.agent.rpc_port,
             rpc_path=host.agent.rpc_path,
             token=self.agent_token(host),
+            pinned_cert_pem=host.agent.custom_cert_pem.encode() if host.agent.custom_cert_pem else None,
         )
+
+    def pin_certificate(self, host: Host, cert_pem: str) -> None:
+        """Trust exactly this certificate for the host's agent (seed 002: custom certificates)."""
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        except ValueError:
+            raise InvalidInput("cert_pem is not a PEM certificate") from None
+        host.agent.custom_cert = True
+        host.agent.custom_cert_pem = cert_pem
+        host.agent.cert_fingerprint = fingerprint_of_pem(cert_pem.encode())
+        host.agent.cert_not_after = cert.not_valid_after_utc
+
+    def unpin_certificate(self, host: Host) -> None:
+        host.agent.custom_cert = False
+        host.agent.custom_cert_pem = None
 
     def agent_config(self, host: Host, bind_address: str = ALL_INTERFACES, **extra: Any) -> dict[str, Any]:
         """The agent's config.json (paths relative to the config's folder, as the agent resolves them)."""
@@ -202,7 +220,7 @@ class HostService:
         issued = self.ca.issue_agent_certificate(host.name, [host.address])
         host.agent.cert_fingerprint = issued.fingerprint
         host.agent.cert_not_after = issued.not_after
-        host.agent.custom_cert = False
+        self.unpin_certificate(host)
         config = self.agent_config(host, bind_address, **extra)
         return {
             "config.json": (json.dumps(config, indent=2).encode() + b"\n", 0o600),

@@ -220,3 +220,18 @@ async def run_playbook(
         host, body.playbook, body.extra_vars, body.timeout, user.id
     )
     return PlaybookOut(sync=synced, command=CommandOut.of(command))
+
+
+class CustomCertIn(Strict):
+    cert_pem: str = Field(min_length=1, max_length=64 << 10)
+
+
+@router.put("/{ref}/certificate", response_model=HostOut)
+async def pin_custom_certificate(
+    ref: str, body: CustomCertIn, runtime: RuntimeDep, session: SessionDep, _user: CurrentUser
+) -> HostOut:
+    """The agent uses a certificate of its own (seed 002): trust exactly that one (fingerprint pinning)."""
+    host = await runtime.hosts.get(session, ref)
+    runtime.hosts.pin_certificate(host, body.cert_pem)
+    await session.commit()
+    return HostOut.of(host, detail=True)
