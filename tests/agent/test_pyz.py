@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,21 +12,7 @@ import pytest
 
 from support.agentproc import AgentProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPILED = (".so", ".pyd", ".dylib")
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The zipapp that scripts/test.sh built; built here when a test is run on its own."""
-    built = Path(os.environ.get("MYX_AGENT_PYZ", ROOT / "dist" / "myx-agent.pyz"))
-    if not built.exists():
-        out = tmp_path_factory.mktemp("pyz") / "myx-agent.pyz"
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_agent_pyz.py"), "--out", str(out)], check=True
-        )
-        built = out
-    return built
 
 
 def _interpreters() -> list[str]:

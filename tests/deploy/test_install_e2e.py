@@ -17,20 +17,7 @@ from support.agentproc import free_port
 from support.serverproc import MYX, ServerProcess
 from support.sshd import SshServer, sshd_unavailable
 
-ROOT = Path(__file__).resolve().parents[2]
-
 pytestmark = pytest.mark.skipif(sshd_unavailable() is not None, reason=str(sshd_unavailable()))
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built = Path(os.environ.get("MYX_AGENT_PYZ", ROOT / "dist" / "myx-agent.pyz"))
-    if not built.exists():
-        built = tmp_path_factory.mktemp("pyz") / "myx-agent.pyz"
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_agent_pyz.py"), "--out", str(built)], check=True
-        )
-    return built
 
 
 @pytest.fixture

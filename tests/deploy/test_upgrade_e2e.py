@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -16,19 +13,6 @@ from typing import Any
 import pytest
 
 from support.serverproc import BundledAgent, ServerProcess
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built = Path(os.environ.get("MYX_AGENT_PYZ", ROOT / "dist" / "myx-agent.pyz"))
-    if not built.exists():
-        built = tmp_path_factory.mktemp("pyz") / "myx-agent.pyz"
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_agent_pyz.py"), "--out", str(built)], check=True
-        )
-    return built
 
 
 def _variant(source: Path, dest: Path, version: str, broken: bool = False) -> Path:

@@ -128,56 +128,56 @@ def db_upgrade(data_dir: DataDirOption = None) -> None:
 user_app = typer.Typer(help="Users of the control server.", no_args_is_help=True)
 
 
+GenerateOption = Annotated[bool, typer.Option("--generate", help="generate a password and print it once")]
+
+
+def _password(given: str | None, generate: bool, prompt: str) -> str:
+    """The password from the option, a generated one, or a hidden prompt (asked twice)."""
+    from myx.server.security.tokens import generate_password
+
+    if generate:
+        return generate_password()
+    if given is not None:
+        return given
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
 @user_app.command("create")
 def user_create(
     username: str,
     password: Annotated[str | None, typer.Option(help="password (prompted when omitted)")] = None,
-    generate: Annotated[
-        bool, typer.Option("--generate", help="generate a password and print it once")
-    ] = False,
+    generate: GenerateOption = False,
     admin: Annotated[bool, typer.Option("--admin", help="administrator")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create a user."""
-    from myx.server.security.tokens import generate_password
-
     settings = load_settings(data_dir)
-    if generate:
-        password = generate_password()
-    elif password is None:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    secret = _password(password, generate, "password")
 
     async def work(session: AsyncSession) -> None:
-        await UserService().create_user(session, username, password or "", is_admin=admin)
+        await UserService().create_user(session, username, secret, is_admin=admin)
 
     run_db(settings, work)
-    typer.echo(f"created user {username}" + (f" with password: {password}" if generate else ""))
+    typer.echo(f"created user {username}" + (f" with password: {secret}" if generate else ""))
 
 
 @user_app.command("passwd")
 def user_passwd(
     username: str,
     password: Annotated[str | None, typer.Option(help="new password (prompted when omitted)")] = None,
-    generate: Annotated[
-        bool, typer.Option("--generate", help="generate a password and print it once")
-    ] = False,
+    generate: GenerateOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Set a user's password."""
-    from myx.server.security.tokens import generate_password
-
     settings = load_settings(data_dir)
-    if generate:
-        password = generate_password()
-    elif password is None:
-        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    secret = _password(password, generate, "new password")
 
     async def work(session: AsyncSession) -> None:
         service = UserService()
-        await service.set_password(session, await service.get_user(session, username), password or "")
+        await service.set_password(session, await service.get_user(session, username), secret)
 
     run_db(settings, work)
-    typer.echo(f"password of {username} changed" + (f": {password}" if generate else ""))
+    typer.echo(f"password of {username} changed" + (f": {secret}" if generate else ""))
 
 
 # myx token

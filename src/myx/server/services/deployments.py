@@ -366,24 +366,9 @@ class DeploymentService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, deployment_id: str, host_id: int, kind: str, options: dict[str, str]) -> None:
+        work = self._install if kind == "install" else self._uninstall
         async with self._slots:
-            try:
-                if kind == "install":
-                    await self._install(deployment_id, host_id, options)
-                else:
-                    await self._uninstall(deployment_id, host_id, options)
-            except DeploymentFailed as exc:
-                await self._end(deployment_id, FAILED, str(exc))
-            except asyncio.CancelledError:
-                await asyncio.shield(
-                    self._end(deployment_id, FAILED, "the control server stopped during the deployment")
-                )
-                raise
-            except Exception as exc:
-                log.exception("deployment failed id=%s", deployment_id)
-                await self._end(deployment_id, FAILED, f"internal error: {exc}")
-            else:
-                await self._end(deployment_id, SUCCESS, None)
+            await self._guarded(deployment_id, work(deployment_id, host_id, options))
 
     # install
 
