@@ -121,11 +121,13 @@ def test_batch_stops_when_failures_pass_the_threshold(make_server: Callable[...,
 
 
 def test_agent_refusing_our_token_is_offline_at_once(make_server: Callable[..., ServerProcess]) -> None:
-    # a long retry delay shows there were no retries: 401 marks the agent offline immediately
-    server = make_server(MYX_AGENT_RPC_RETRY_BASE_DELAY="30").setup().start()
+    # Retries wait 2, 4 and 8 s here: a 401 that were retried would take 14 s to mark the agent
+    # offline. A connection refused while the agent still starts is retried (after 2 s), the 401
+    # after it is not.
+    server = make_server(MYX_AGENT_RPC_RETRY_BASE_DELAY="2").setup().start()
     server.add_host("stranger")
     server.start_agent("stranger", agent_token="a-token-the-server-does-not-know-000000")
-    host = server.wait_status("stranger", "offline", timeout=10)
+    host = server.wait_status("stranger", "offline", timeout=12)
     assert "token" in host["agent"]["last_error"]
 
 
