@@ -1209,11 +1209,37 @@ def hosts_uninstall(
     _deploy(host, "uninstall", None, follow, server, token)
 
 
+@hosts_app.command("upgrade")
+def hosts_upgrade(
+    host: Annotated[str, typer.Argument(help="Host id or name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print the deployment log live.")] = False,
+    ssh: Annotated[
+        bool, typer.Option("--ssh", help="Upgrade over SSH (upgrade_agent.yml) instead of through the agent.")
+    ] = False,
+    health_deadline: Annotated[
+        float,
+        typer.Option(min=5, max=3600, help="Seconds the new version has to answer before it is rolled back."),
+    ] = 60,
+    force: Annotated[bool, typer.Option("--force", help="Upgrade even to the running version.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Upgrade the agent to the control server's zipapp; a version that does not come up is rolled back."""
+    params = {"method": "ssh" if ssh else "agent", "health_deadline": health_deadline, "force": force}
+    _deploy(host, "upgrade", None, follow, server, token, params)
+
+
 def _deploy(
-    host: str, kind: str, body: dict[str, Any] | None, follow: bool, server: str | None, token: str | None
+    host: str,
+    kind: str,
+    body: dict[str, Any] | None,
+    follow: bool,
+    server: str | None,
+    token: str | None,
+    params: dict[str, Any] | None = None,
 ) -> None:
     with connect(server, token) as api:
-        deployment = api.post(f"/api/hosts/{ref(host)}/{kind}", json=body)
+        deployment = api.post(f"/api/hosts/{ref(host)}/{kind}", json=body, params=params)
         typer.echo(f"deployment {deployment['id']} started ({kind} on {host})", err=True)
         if not follow:
             return

@@ -3,9 +3,11 @@
 
     check_service.py port-free PORT
         exit 0 when nothing listens on PORT (0.0.0.0 and ::), 1 when something does.
-    check_service.py rpc-health URL TOKEN [--cafile FILE] [--timeout SECONDS]
-        one JSON-RPC ``health_check`` over HTTPS with certificate verification;
-        exit 0 when the agent answers ``status: ok``, 1 otherwise.
+    check_service.py rpc-health URL TOKEN [--cafile FILE] [--certfile FILE --keyfile FILE]
+                                          [--timeout SECONDS]
+        one JSON-RPC ``health_check`` over HTTPS with certificate verification (and a client
+        certificate for agents that require one); exit 0 when the agent answers ``status: ok``,
+        1 otherwise.
 
 Every outcome prints one line; exit 2 is a usage error.
 """
@@ -61,8 +63,15 @@ def port_free(port: int) -> tuple[bool, str]:
     return True, f"port {port} is free"
 
 
-def rpc_health(url: str, token: str, cafile: str | None, timeout: float) -> tuple[bool, str]:
+def rpc_health(
+    url: str, token: str, cafile: str | None, timeout: float, client: tuple[str, str] | None = None
+) -> tuple[bool, str]:
     context = ssl.create_default_context(cafile=cafile)  # verifies the chain and the host name
+    if client is not None:
+        try:
+            context.load_cert_chain(client[0], client[1])
+        except (OSError, ssl.SSLError) as exc:
+            return False, f"cannot load the client certificate {client[0]}: {exc}"
     body = json.dumps({"jsonrpc": "2.0", "method": "health_check", "params": {}, "id": 1}).encode()
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller's URL
         url,
@@ -95,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("url", help="https://HOST:PORT/RPC_PATH/rpc")
     health.add_argument("token", help="the agent token (X-Agent-Token)")
     health.add_argument("--cafile", help="CA or certificate to verify the agent with (default: system CAs)")
+    health.add_argument("--certfile", help="client certificate (PEM), for agents that require one")
+    health.add_argument("--keyfile", help="the client certificate's private key (PEM)")
     health.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
     return parser
 
@@ -110,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.url.startswith("https://"):
             print(f"not an https URL: {args.url}", file=sys.stderr)
             return 2
-        ok, message = rpc_health(args.url, args.token, args.cafile, args.timeout)
+        if (args.certfile is None) != (args.keyfile is None):
+            print("--certfile and --keyfile go together", file=sys.stderr)
+            return 2
+        client = (args.certfile, args.keyfile) if args.certfile else None
+        ok, message = rpc_health(args.url, args.token, args.cafile, args.timeout, client)
     print(message)
     return EXIT_OK if ok else EXIT_FAILED
 

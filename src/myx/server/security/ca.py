@@ -202,12 +202,24 @@ class FleetCA:
             ExtendedKeyUsageOID.SERVER_AUTH,
             list(dict.fromkeys(names)),  # drop duplicates, keep order
         )
-        return IssuedCertificate(
-            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-            key_pem=_key_pem(key),
-            fingerprint=fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER)),
-            not_after=cert.not_valid_after_utc,
+        return _issued(cert, key)
+
+    def issue_probe_certificate(self, common_name: str, validity: timedelta) -> IssuedCertificate:
+        """A short-lived client certificate for a health check run ON a host (SSH upgrades).
+
+        Agents require a client certificate from this CA; the control server's own key never leaves
+        it, so a check made on the host gets a throwaway one instead. It opens nothing by itself:
+        every RPC still needs the agent's own token.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MyX"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+            ]
         )
+        cert = self._sign(subject, key, validity, ExtendedKeyUsageOID.CLIENT_AUTH)
+        return _issued(cert, key)
 
     def _sign(
         self,
@@ -330,6 +342,15 @@ class FleetCA:
 
 
 # -- fingerprints ---------------------------------------------------------------------------
+
+
+def _issued(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> IssuedCertificate:
+    return IssuedCertificate(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=_key_pem(key),
+        fingerprint=fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER)),
+        not_after=cert.not_valid_after_utc,
+    )
 
 
 def fingerprint_of_der(der: bytes) -> str:

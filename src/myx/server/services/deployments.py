@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ PORT_TAKEN_MARKER = "MYX_PORT_TAKEN"
 LOG_PREFIX = "MYX_LOG| "
 STATUS_PREFIX = "MYX_STATUS| "
 PORT_ATTEMPTS = 3
+# How long the client certificate of an SSH upgrade's health check is valid.
+PROBE_VALIDITY = timedelta(minutes=30)
 WAIT_EVERY = 3.0
 PROGRESS_EVERY = 10.0
 DEFAULT_OPTIONS = {
@@ -66,6 +70,11 @@ DEFAULT_OPTIONS = {
     "bind_address": "0.0.0.0",  # noqa: S104 - the control server dials the agent from the network
 }
 OPTION_KEYS = frozenset(DEFAULT_OPTIONS)
+UPGRADE_METHODS = ("agent", "ssh")
+# upgrade_agent.yml starts its failure messages with these.
+ROLLED_BACK_MARKER = "MYX_ROLLED_BACK:"
+ROLLBACK_FAILED_MARKER = "MYX_ROLLBACK_FAILED:"
+NOT_INSTALLED_MARKER = "MYX_NOT_INSTALLED:"
 
 
 class DeploymentFailed(Exception):
@@ -184,24 +193,49 @@ class DeploymentService:
         return deployment
 
     async def start_upgrade(
-        self, session: AsyncSession, host: Host, user_id: int | None, health_deadline: float, force: bool
+        self,
+        session: AsyncSession,
+        host: Host,
+        user_id: int | None,
+        health_deadline: float,
+        force: bool,
+        method: str = "agent",
     ) -> Deployment:
-        """Online upgrade through the agent (no SSH): it swaps its zipapp and rolls back by itself."""
-        if self.agent_pyz is None or not self.agent_pyz.is_file():
-            raise InvalidInput(
-                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
-            )
+        """Upgrade one agent to the control server's zipapp.
+
+        ``agent``: online, through the agent, which swaps its zipapp and rolls back by itself.
+        ``ssh``: with upgrade_agent.yml, which keeps a backup and restores it in ``rescue``.
+        """
+        self._check_upgrade(method, [host])
         deployment = Deployment(
             id=uuid.uuid4().hex, host_id=host.id, kind="upgrade", status=RUNNING, created_by=user_id, log=""
         )
         session.add(deployment)
         await session.commit()
-        task = asyncio.get_running_loop().create_task(
-            self._guarded(deployment.id, self._upgrade(deployment.id, host.id, health_deadline, force))
-        )
+        work = self._upgrade_work(method, deployment.id, host.id, health_deadline, force)
+        task = asyncio.get_running_loop().create_task(self._guarded(deployment.id, work))
         self._tasks[deployment.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
         return deployment
+
+    def _check_upgrade(self, method: str, hosts: list[Host]) -> None:
+        """Refuse at once what would only fail in the background."""
+        if method not in UPGRADE_METHODS:
+            raise InvalidInput(f"unknown upgrade method {method!r}: use {' or '.join(UPGRADE_METHODS)}")
+        if self.agent_pyz is None or not self.agent_pyz.is_file():
+            raise InvalidInput(
+                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
+            )
+        if method == "ssh":
+            for host in hosts:
+                self.ssh_access(host)
+
+    def _upgrade_work(
+        self, method: str, deployment_id: str, host_id: int, health_deadline: float, force: bool
+    ) -> Coroutine[Any, Any, None]:
+        if method == "ssh":
+            return self._upgrade_ssh(deployment_id, host_id, health_deadline)
+        return self._upgrade(deployment_id, host_id, health_deadline, force)
 
     async def service_action(self, host: Host, action: str) -> str:
         """start/stop/restart/status of the agent's service over SSH; returns running or stopped."""
@@ -234,17 +268,15 @@ class DeploymentService:
         batch_size: int,
         health_deadline: float,
         force: bool,
+        method: str = "agent",
     ) -> list[Deployment]:
         """Upgrade many agents: *canary* hosts one by one first, then waves of *batch_size* at a time.
 
         The first failure stops the rollout; hosts not yet started end as failed with that reason.
         """
-        if self.agent_pyz is None or not self.agent_pyz.is_file():
-            raise InvalidInput(
-                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
-            )
         if not hosts:
             raise InvalidInput("no hosts to upgrade")
+        self._check_upgrade(method, hosts)
         if canary < 0 or batch_size < 1:
             raise InvalidInput("canary must be >= 0 and batch_size >= 1")
         deployments = [
@@ -258,17 +290,22 @@ class DeploymentService:
         plan = [[d] for d in deployments[:canary]]
         rest = deployments[canary:]
         plan += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
-        task = asyncio.get_running_loop().create_task(self._rollout(plan, health_deadline, force))
+        task = asyncio.get_running_loop().create_task(self._rollout(plan, health_deadline, force, method))
         self._tasks[f"rollout-{deployments[0].id}"] = task
         task.add_done_callback(lambda _: self._tasks.pop(f"rollout-{deployments[0].id}", None))
         return deployments
 
-    async def _rollout(self, plan: list[list[Deployment]], health_deadline: float, force: bool) -> None:
+    async def _rollout(
+        self, plan: list[list[Deployment]], health_deadline: float, force: bool, method: str
+    ) -> None:
         for number, wave in enumerate(plan):
             for d in wave:
                 await self._set_status(d.id, RUNNING)
             await asyncio.gather(
-                *(self._guarded(d.id, self._upgrade(d.id, d.host_id, health_deadline, force)) for d in wave)
+                *(
+                    self._guarded(d.id, self._upgrade_work(method, d.id, d.host_id, health_deadline, force))
+                    for d in wave
+                )
             )
             failed = await self._failed_among([d.id for d in wave])
             if failed:
@@ -351,6 +388,44 @@ class DeploymentService:
         raise DeploymentFailed(
             f"the agent did not report the upgrade's outcome within {health_deadline + 60:g} s"
         )
+
+    async def _upgrade_ssh(self, deployment_id: str, host_id: int, health_deadline: float) -> None:
+        """upgrade_agent.yml: backup, replace, restart, health check; the rescue restores the backup."""
+        assert self.agent_pyz is not None
+        target = _pyz_version(self.agent_pyz.read_bytes())
+        async with self._slots:
+            host, access = await self._load(host_id)
+            options = self.options(host)
+            await self._say(
+                deployment_id,
+                f"upgrading {host.name} to {target} over SSH ({access.user}@{access.address}:{access.port},"
+                f" {options['install_dir']})",
+            )
+            extravars = {
+                "myx_pyz_src": str(self.agent_pyz),
+                "myx_install_dir": options["install_dir"],
+                "myx_config_dir": options["config_dir"],
+                "myx_state_dir": options["state_dir"],
+                "myx_service_manager": options["service_manager"],
+                "myx_health_timeout": max(1, math.ceil(health_deadline)),
+            }
+            with self._workdir() as work:
+                extravars.update(self._probe_certificate(work, host.name))
+                ok, output = await self._playbook(deployment_id, work, access, "upgrade_agent.yml", extravars)
+        if not ok:
+            raise DeploymentFailed(_upgrade_failure(output))
+        await self._mark_online(host_id)
+        await self._say(deployment_id, f"the agent answers on {target}")
+
+    def _probe_certificate(self, work: Path, host_name: str) -> dict[str, str]:
+        """A throwaway client certificate for upgrade_agent.yml's health check on the host."""
+        issued = self.hosts.ca.issue_probe_certificate(f"MyX upgrade check {host_name}", PROBE_VALIDITY)
+        _write_private(work / "probe.crt", issued.cert_pem, 0o600)
+        _write_private(work / "probe.key", issued.key_pem, 0o600)
+        return {
+            "myx_health_client_cert_src": str(work / "probe.crt"),
+            "myx_health_client_key_src": str(work / "probe.key"),
+        }
 
     async def _load_host(self, host_id: int) -> tuple[Host, None]:
         async with self.sessions() as session:
@@ -537,9 +612,7 @@ class DeploymentService:
         options = [f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts}"]
         if access.private_key:
             key = work / "id_key"
-            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(access.private_key.rstrip("\n") + "\n")
+            _write_private(key, (access.private_key.rstrip("\n") + "\n").encode(), 0o600)
             host_vars["ansible_ssh_private_key_file"] = str(key)
             options.append("-o IdentitiesOnly=yes")
         if access.password:
@@ -571,9 +644,7 @@ class DeploymentService:
         for relative, (content, mode) in files.items():
             path = folder / relative
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(content)
+            _write_private(path, content, mode)
 
     async def _new_port(self, host_id: int) -> int:
         async with self.sessions() as session:
@@ -704,6 +775,13 @@ def _run_ansible(
     return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
 
 
+def _write_private(path: Path, content: bytes, mode: int) -> None:
+    """Create *path* with *mode* from the start (never readable by others, not even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+
+
 def _pyz_version(data: bytes) -> str:
     """The version inside a myx-agent.pyz (its myx/__init__.py), without running it."""
     import io
@@ -747,3 +825,30 @@ def _failure_summary(output: str) -> str:
     # The message is what people need first; the rest of the result follows it.
     messages = [line for line in block if line.startswith(("msg:", '"msg"'))]
     return "\n".join([block[0], *messages, *(line for line in block[1:] if line not in messages)])[:3000]
+
+
+def _upgrade_failure(output: str) -> str:
+    """The reason an SSH upgrade failed, worded for the deployment's error field."""
+    for marker, lead in (
+        (ROLLED_BACK_MARKER, "rolled back"),
+        (ROLLBACK_FAILED_MARKER, "rollback failed"),
+        (NOT_INSTALLED_MARKER, "not installed"),
+    ):
+        if marker in output:
+            return f"{lead}: {_marked_message(output, marker)}"
+    return _failure_summary(output)
+
+
+def _marked_message(output: str, marker: str) -> str:
+    """The failure message after *marker*: ansible.cfg prints results as YAML, so a long ``msg:``
+    goes on over more-indented lines, single-quoted (a quote inside is doubled)."""
+    lines = output.splitlines()
+    at = max(n for n, line in enumerate(lines) if marker in line)
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    parts = [lines[at].split(marker, 1)[1]]
+    for line in lines[at + 1 :]:
+        if not line.strip() or len(line) - len(line.lstrip()) <= indent:
+            break
+        parts.append(line)
+    text = " ".join(part.strip() for part in parts).strip().rstrip("'\"},").strip()
+    return text.replace("''", "'")

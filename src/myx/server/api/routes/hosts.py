@@ -167,11 +167,13 @@ async def upgrade_agent(
     user: CurrentUser,
     health_deadline: Annotated[float, Query(ge=5, le=3600)] = 60,
     force: bool = False,
+    method: Annotated[str, Query(pattern="^(agent|ssh)$")] = "agent",
 ) -> DeploymentOut:
-    """Online upgrade to the control server's agent zipapp; a version that does not come up is rolled back."""
+    """Upgrade to the control server's agent zipapp, online through the agent (method=agent) or with
+    upgrade_agent.yml over SSH (method=ssh); a version that does not come up is rolled back."""
     host = await runtime.hosts.get(session, ref)
     return DeploymentOut.of(
-        await runtime.deployments.start_upgrade(session, host, user.id, health_deadline, force)
+        await runtime.deployments.start_upgrade(session, host, user.id, health_deadline, force, method)
     )
 
 

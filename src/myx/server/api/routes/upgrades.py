@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from pydantic import Field
 
@@ -15,6 +17,7 @@ class RolloutIn(Strict):
     batch_size: int = Field(10, ge=1, le=1000)
     health_deadline: float = Field(60.0, ge=5, le=3600)
     force: bool = False
+    method: Literal["agent", "ssh"] = "agent"
 
 
 @router.post("", response_model=list[DeploymentOut], status_code=202)
@@ -25,6 +28,6 @@ async def start_rollout(
     the first failure stops it. Follow each deployment with GET /api/deployments/{id}."""
     hosts = await runtime.hosts.resolve_targets(session, body.target)
     deployments = await runtime.deployments.start_rollout(
-        session, hosts, user.id, body.canary, body.batch_size, body.health_deadline, body.force
+        session, hosts, user.id, body.canary, body.batch_size, body.health_deadline, body.force, body.method
     )
     return [DeploymentOut.of(d) for d in deployments]
