@@ -83,6 +83,7 @@ class Runtime:
             agent_pyz=settings.agent_pyz,
             wait_timeout=settings.agent_install_timeout,
             concurrency=settings.install_concurrency,
+            auto_reinstall_cooldown=settings.auto_reinstall_cooldown if settings.auto_reinstall else None,
         )
         self.ansible = AnsibleExecutor(self.hosts, self.commands, self.channel_for, TOOL_DIR)
         self.certificates = CertificateService(
@@ -105,6 +106,7 @@ class Runtime:
             max_interval=settings.agent_heartbeat_max_interval,
             concurrency=settings.heartbeat_concurrency,
             reinstall_after=settings.reinstall_after_failed_cycles,
+            on_needs_reinstall=self.deployments.reinstall_if_due,
         )
 
     def channel_for(self, endpoint: AgentEndpoint) -> HttpAgentChannel:

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
 
     heartbeat_concurrency: int = Field(64, ge=1)
     reinstall_after_failed_cycles: int = Field(5, ge=1)
+    # Reinstall over SSH, by itself, an agent flagged by the heartbeats (seed 001 §3.2/§3.3), when
+    # the host has SSH credentials; at most once per cooldown per host.
+    auto_reinstall: bool = True
+    auto_reinstall_cooldown: float = Field(1800.0, ge=0)
     log_poll_wait: float = Field(20.0, gt=0, le=60)
     command_retention_days: int = Field(30, ge=1)
     default_command_timeout: float = Field(300.0, gt=0)

@@ -126,6 +126,7 @@ class AgentOut(BaseModel):
     last_error: str | None
     consecutive_failures: int
     needs_reinstall: bool
+    stopped_by_operator: bool
     cert_fingerprint: str | None
     cert_not_after: datetime | None
 
@@ -140,6 +141,7 @@ class AgentOut(BaseModel):
             last_error=agent.last_error,
             consecutive_failures=agent.consecutive_failures,
             needs_reinstall=agent.needs_reinstall,
+            stopped_by_operator=agent.stopped_by_operator,
             cert_fingerprint=agent.cert_fingerprint,
             cert_not_after=agent.cert_not_after,
         )

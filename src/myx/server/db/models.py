@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from myx.server.db.base import Base, BigId, Blob, Json, LongText, UtcDateTime, utcnow
@@ -94,6 +94,9 @@ class Agent(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     needs_reinstall: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An operator stopped the agent on purpose (`agent/stop`): heartbeats failing then is no reason
+    # to reinstall it automatically. Cleared when it is started, restarted or installed again.
+    stopped_by_operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     metrics: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     metrics_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

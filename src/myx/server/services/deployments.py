@@ -109,6 +109,7 @@ class DeploymentService:
         agent_pyz: Path | None,
         wait_timeout: float,
         concurrency: int,
+        auto_reinstall_cooldown: float | None = None,
     ) -> None:
         self.sessions = sessions
         self.writer = writer
@@ -121,6 +122,9 @@ class DeploymentService:
         self.wait_timeout = wait_timeout
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # None: no automatic reinstalls. Else the time.monotonic() of each host's last one.
+        self.auto_reinstall_cooldown = auto_reinstall_cooldown
+        self._auto_reinstalls: dict[int, float] = {}
 
     # credentials
 
@@ -169,21 +173,32 @@ class DeploymentService:
     # starting
 
     async def start(
-        self, session: AsyncSession, host: Host, kind: str, user_id: int | None, **overrides: str
+        self,
+        session: AsyncSession,
+        host: Host,
+        kind: str,
+        user_id: int | None,
+        note: str | None = None,
+        **overrides: str,
     ) -> Deployment:
-        """Record a deployment for *host* and run it in the background."""
-        if kind not in ("install", "uninstall"):
+        """Record a deployment for *host* and run it in the background (*note*: its log's first line)."""
+        if kind not in ("install", "reinstall", "uninstall"):
             raise InvalidInput(f"unknown deployment kind {kind!r}")
         self.ssh_access(host)  # fail now, not in the background, when credentials are missing
         options = self.options(host, overrides)
-        if kind == "install" and (self.agent_pyz is None or not self.agent_pyz.is_file()):
+        if kind != "uninstall" and (self.agent_pyz is None or not self.agent_pyz.is_file()):
             raise InvalidInput(
                 "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ "
                 "to its path"
             )
         host.install_options = {k: v for k, v in options.items() if v != DEFAULT_OPTIONS[k]}
         deployment = Deployment(
-            id=uuid.uuid4().hex, host_id=host.id, kind=kind, status=RUNNING, created_by=user_id, log=""
+            id=uuid.uuid4().hex,
+            host_id=host.id,
+            kind=kind,
+            status=RUNNING,
+            created_by=user_id,
+            log=f"[myx] {note}\n" if note else "",
         )
         session.add(deployment)
         await session.commit()
@@ -249,6 +264,9 @@ class DeploymentService:
             "myx_config_dir": options["config_dir"],
             "myx_service_manager": options["service_manager"],
         }
+        if action == "stop":
+            # Before the stop: the heartbeats that fail from then on must not bring it back.
+            await self._set_stopped_by_operator(host.id, True)
         with self._workdir() as work:
             ok, output = await self._ansible(
                 work,
@@ -257,7 +275,53 @@ class DeploymentService:
             )
         if not ok:
             raise AgentUnavailable(f"{host.name}: {action} over SSH failed: {_failure_summary(output)}")
+        if action in ("start", "restart"):
+            await self._set_stopped_by_operator(host.id, False)
         return "running" if f"{STATUS_PREFIX}running" in output else "stopped"
+
+    async def reinstall_if_due(self, host_id: int, reason: str) -> Deployment | None:
+        """Reinstall over SSH an agent the heartbeats gave up on (seed 001 §3.2/§3.3).
+
+        Only where the host has SSH credentials and its agent was not stopped on purpose; never
+        while another deployment of the host runs; at most once per cooldown per host.
+        """
+        if self.auto_reinstall_cooldown is None or self.agent_pyz is None or not self.agent_pyz.is_file():
+            return None
+        last = self._auto_reinstalls.get(host_id)
+        if last is not None and time.monotonic() - last < self.auto_reinstall_cooldown:
+            return None
+        async with self.sessions() as session:
+            host = await session.get(Host, host_id, populate_existing=True)
+            if host is None or host.agent.stopped_by_operator or not _has_ssh_access(host):
+                return None
+            if await self._deploying(session, host_id):
+                return None
+            self._auto_reinstalls[host_id] = time.monotonic()
+            log.warning("reinstalling the agent automatically host=%s reason=%s", host.name, reason)
+            return await self.start(
+                session,
+                host,
+                "reinstall",
+                None,
+                note=f"automatic reinstall: the agent stopped answering its heartbeats ({reason})",
+            )
+
+    @staticmethod
+    async def _deploying(session: AsyncSession, host_id: int) -> bool:
+        found = await session.execute(
+            select(Deployment.id)
+            .where(Deployment.host_id == host_id, Deployment.status.in_((RUNNING, PENDING)))
+            .limit(1)
+        )
+        return found.first() is not None
+
+    async def _set_stopped_by_operator(self, host_id: int, stopped: bool) -> None:
+        async def op(session: AsyncSession) -> None:
+            await session.execute(
+                update(Agent).where(Agent.host_id == host_id).values(stopped_by_operator=stopped)
+            )
+
+        await self.writer.submit(op)
 
     async def start_rollout(
         self,
@@ -441,7 +505,7 @@ class DeploymentService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, deployment_id: str, host_id: int, kind: str, options: dict[str, str]) -> None:
-        work = self._install if kind == "install" else self._uninstall
+        work = self._uninstall if kind == "uninstall" else self._install
         async with self._slots:
             await self._guarded(deployment_id, work(deployment_id, host_id, options))
 
@@ -667,6 +731,7 @@ class DeploymentService:
                 )
             agent.status = AGENT_ONLINE
             agent.needs_reinstall = False
+            agent.stopped_by_operator = False
             agent.consecutive_failures = 0
 
         await self.writer.submit(op)
@@ -773,6 +838,10 @@ def _run_ansible(
         **what,
     )
     return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
+
+
+def _has_ssh_access(host: Host) -> bool:
+    return bool(host.ssh_user and (host.ssh_password_enc or host.ssh_key_enc))
 
 
 def _write_private(path: Path, content: bytes, mode: int) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -45,6 +46,7 @@ class HeartbeatScheduler:
         max_interval: float,
         concurrency: int,
         reinstall_after: int,
+        on_needs_reinstall: Callable[[int, str], Awaitable[object]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.writer = writer
@@ -56,6 +58,7 @@ class HeartbeatScheduler:
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.reinstall_after = reinstall_after
+        self.on_needs_reinstall = on_needs_reinstall
         self._slots = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
 
@@ -119,6 +122,10 @@ class HeartbeatScheduler:
             agent.last_error = None
             agent.consecutive_failures = 0
             agent.needs_reinstall = False
+            if old != AGENT_ONLINE:
+                # Back after being down: started again, however. (Not on every answer: one
+                # that came just before an operator's stop must not undo that stop.)
+                agent.stopped_by_operator = False
             agent.rpc_supported = True
             agent.metrics = status
             agent.metrics_at = now
@@ -141,7 +148,7 @@ class HeartbeatScheduler:
         now = utcnow()
         self.metrics.heartbeat_failures.inc()
 
-        async def op(session: AsyncSession) -> str:
+        async def op(session: AsyncSession) -> tuple[str, bool]:
             agent = (await session.execute(select(Agent).where(Agent.host_id == host.id))).scalar_one()
             old = agent.status
             agent.status = AGENT_OFFLINE
@@ -154,12 +161,18 @@ class HeartbeatScheduler:
                 session.add(
                     AgentEvent(host_id=host.id, old_status=old, new_status=AGENT_OFFLINE, reason=reason)
                 )
-            return old
+            return old, agent.needs_reinstall
 
-        old = await self.writer.submit(op)
+        old, needs_reinstall = await self.writer.submit(op)
         if old != AGENT_OFFLINE:
             log.warning("agent offline host=%s reason=%s", host.name, reason)
             self.events.publish(
                 {"type": "host", "id": host.id, "name": host.name, "status": AGENT_OFFLINE, "reason": reason}
             )
             await self.commands.agent_went_offline(host.id)
+        if needs_reinstall and self.on_needs_reinstall is not None:
+            try:
+                await self.on_needs_reinstall(host.id, reason)
+            except Exception:
+                # A reinstall that cannot even start must not stop the heartbeats of other hosts.
+                log.exception("automatic reinstall failed to start host=%s", host.name)
