@@ -3,6 +3,8 @@
 #   - openssh-server: tests/deploy starts its own private sshd on a loopback port (tests/support/sshd.py);
 #   - sshpass: Ansible's ssh connection needs it for password authentication;
 #   - caddy: the Caddy deployment test serves a site with it on a loopback port;
+#   - v2ray: stands in for the Xray binary in the Xray deployment test (no Xray build is reachable here);
+#   - unzip: Ansible's unarchive needs it (and zipinfo) for the Xray .zip release in that test;
 #   - /run/sshd: sshd refuses to start without its privilege-separation directory;
 #   - the unprivileged account `myxtest`, which the password-auth install tests log in as.
 # Idempotent and quick once everything is there (no apt-get at all then). Never starts a system
@@ -10,7 +12,7 @@
 # and exits 0, so that the tests that need it skip with a reason instead of failing here.
 set -euo pipefail
 
-PACKAGES=(openssh-server sshpass caddy)
+PACKAGES=(openssh-server sshpass caddy v2ray unzip)
 TEST_USER=myxtest
 
 say() {
@@ -48,6 +50,19 @@ if ((${#missing[@]})); then
     # distro's sshd on port 22. That one is the distro's business; the tests never rely on it.
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # v2ray's postinst enables and starts the distro's v2ray service (/etc/v2ray/config.json: vmess
+    # on port 10086, all addresses): under systemd right away; without systemd, invoke-rc.d does not
+    # start it when there is no runlevel (containers) or a policy-rc.d says no. The tests run their
+    # own copy of the binary, so a service started by this install is stopped and disabled again.
+    if [[ " ${missing[*]} " == *" v2ray "* ]]; then
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now v2ray.service >/dev/null ||
+                say "could not stop the distro's v2ray.service: run systemctl disable --now v2ray.service"
+        elif [[ -f /run/v2ray.pid ]]; then
+            { /etc/init.d/v2ray stop && update-rc.d v2ray disable; } >/dev/null ||
+                say "could not stop the distro's v2ray: run /etc/init.d/v2ray stop; update-rc.d v2ray disable"
+        fi
+    fi
 fi
 
 if ! is_root; then

@@ -251,3 +251,55 @@ def test_agent_lifecycle_over_ssh_and_through_the_agent(
         assert bad.status_code == 400
     finally:
         _stop_agent(prefix)
+
+
+def test_many_hosts_install_in_parallel(tmp_path: Path, pyz: Path, sshd: SshServer) -> None:
+    """Three installs started together run side by side (MYX_INSTALL_CONCURRENCY=3) and all end online."""
+    proc = ServerProcess(
+        tmp_path / "server",
+        MYX_AGENT_PYZ=str(pyz),
+        MYX_AGENT_INSTALL_TIMEOUT="30",
+        MYX_INSTALL_CONCURRENCY="3",
+    )
+    proc.setup().start()
+    names = ["par1", "par2", "par3"]
+    key = sshd.client_key().read_text()
+    try:
+        for name in names:
+            proc.add_host(name, address="127.0.0.1", labels={"wave": "parallel"})
+            proc.ok(
+                proc.api.put(
+                    f"/api/hosts/{name}/ssh", json={"user": "root", "port": sshd.port, "private_key": key}
+                )
+            )
+        started = {
+            name: proc.ok(proc.api.post(f"/api/hosts/{name}/install", json=_options(tmp_path / name)))["id"]
+            for name in names
+        }
+        # All three have begun installing while none has finished: not queued one after another.
+        assert _all_installing_at_once(proc, list(started.values()))
+        done = {name: _follow(proc, deployment) for name, deployment in started.items()}
+        for name, result in done.items():
+            assert result["status"] == "success", f"{name}: {result['full_log']}"
+        for name in names:
+            proc.wait_status(name, "online", timeout=30)
+        ports = {proc.host(name)["agent"]["rpc_port"] for name in names}
+        assert len(ports) == 3
+        for name in names:
+            assert proc.run(name, "echo", name)["status"] == "success"
+    finally:
+        for name in names:
+            _stop_agent(tmp_path / name)
+        proc.shutdown()
+
+
+def _all_installing_at_once(server: ServerProcess, deployments: list[str], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pages = [server.ok(server.api.get(f"/api/deployments/{d}")) for d in deployments]
+        if any(page["status"] != "running" for page in pages):
+            return False
+        if all("installing the agent on" in page["log"] for page in pages):
+            return True
+        time.sleep(0.2)
+    return False
