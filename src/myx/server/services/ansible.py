@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +18,63 @@ from typing import Any
 
 from myx.server.channels.base import AgentChannel, AgentEndpoint
 from myx.server.db.models import Command, Host
+from myx.server.errors import InvalidInput
 from myx.server.services.commands import CommandRequest, CommandService
 from myx.server.services.hosts import HostService
 
 BUNDLE_NAME = "deployment-tool"
 _SKIP = ("__pycache__", "__init__.py")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}", re.ASCII)
+# Variables an SSH run must not take from a user: connection settings (ansible_ssh_common_args can
+# carry a ProxyCommand, run on the control server) and the control server's own myx_* variables.
+_RESERVED_PREFIXES = ("ansible_", "myx_")
+# Variables that name files on the machine running Ansible (copy: src=...): over SSH that is the
+# control server, whose files are not the user's to send anywhere.
+_CONTROLLER_FILE_SUFFIXES = ("_src", "_artifact")
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
+def confine_playbook(tool_dir: Path, playbook: str) -> Path:
+    """The playbook's real path, which must be a .yml file inside the (real) deployment tool dir."""
+    root = tool_dir.resolve()
+    path = (root / playbook).resolve()
+    if not path.is_relative_to(root) or path.suffix not in (".yml", ".yaml") or not path.is_file():
+        raise InvalidInput(
+            f"playbook {playbook!r}: must be a .yml file inside the deployment tool, e.g. playbooks/ping.yml"
+        )
+    return path
+
+
+def check_ssh_extra_vars(extra_vars: dict[str, Any]) -> None:
+    """Extra vars for a playbook run on the control server must be plain data (see the constants)."""
+    for name in extra_vars:
+        if not _VAR_NAME.fullmatch(name):
+            raise InvalidInput(f"extra_vars: {name[:80]!r} is not a variable name")
+        if name.startswith(_RESERVED_PREFIXES):
+            raise InvalidInput(f"extra_vars: {name!r} is reserved (ansible_* and myx_* are set by MyX)")
+        if name.endswith(_CONTROLLER_FILE_SUFFIXES):
+            raise InvalidInput(
+                f"extra_vars: {name!r} names a file on the control server, which SSH runs do not "
+                "accept: give a URL instead, or run the playbook through the agent"
+            )
+    _refuse_templates(extra_vars, "extra_vars")
+
+
+def _refuse_templates(value: Any, where: str) -> None:
+    """Ansible templates variables where it runs: over SSH, a "{{ lookup('pipe', ...) }}" in a value
+    would run on the control server."""
+    if isinstance(value, str):
+        if any(marker in value for marker in _TEMPLATE_MARKERS):
+            raise InvalidInput(
+                f"{where}: templates ({{{{ }}}}, {{% %}}, {{# #}}) are not accepted in SSH runs"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_templates(str(key), where)
+            _refuse_templates(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _refuse_templates(item, f"{where}[{n}]")
 
 
 def tool_bundle(tool_dir: Path) -> tuple[bytes, str]:

@@ -47,6 +47,7 @@ from myx.server.db.models import (
 )
 from myx.server.errors import AgentRejected, AgentUnavailable, InvalidInput, NotFound
 from myx.server.security.crypto import SecretBox
+from myx.server.services.ansible import check_ssh_extra_vars, confine_playbook
 from myx.server.services.events import EventBus
 from myx.server.services.hosts import HostService
 from myx.server.services.store import WriteQueue
@@ -202,9 +203,7 @@ class DeploymentService:
         )
         session.add(deployment)
         await session.commit()
-        task = asyncio.get_running_loop().create_task(self._run(deployment.id, host.id, kind, options))
-        self._tasks[deployment.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
+        self._spawn(deployment.id, self._run(deployment.id, host.id, kind, options))
         return deployment
 
     async def start_upgrade(
@@ -228,9 +227,7 @@ class DeploymentService:
         session.add(deployment)
         await session.commit()
         work = self._upgrade_work(method, deployment.id, host.id, health_deadline, force)
-        task = asyncio.get_running_loop().create_task(self._guarded(deployment.id, work))
-        self._tasks[deployment.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(deployment.id, None))
+        self._spawn(deployment.id, self._guarded(deployment.id, work))
         return deployment
 
     def _check_upgrade(self, method: str, hosts: list[Host]) -> None:
@@ -354,10 +351,57 @@ class DeploymentService:
         plan = [[d] for d in deployments[:canary]]
         rest = deployments[canary:]
         plan += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
-        task = asyncio.get_running_loop().create_task(self._rollout(plan, health_deadline, force, method))
-        self._tasks[f"rollout-{deployments[0].id}"] = task
-        task.add_done_callback(lambda _: self._tasks.pop(f"rollout-{deployments[0].id}", None))
+        self._spawn(f"rollout-{deployments[0].id}", self._rollout(plan, health_deadline, force, method))
         return deployments
+
+    async def start_playbook(
+        self,
+        session: AsyncSession,
+        host: Host,
+        playbook: str,
+        extra_vars: dict[str, Any] | None,
+        timeout: float,
+        user_id: int | None,
+    ) -> Deployment:
+        """AnsibleExecutor's SSH method: a playbook of the deployment tool, run from here over SSH.
+
+        The agent method runs it on the host, where it can do what a command can do anyway; this
+        one runs Ansible on the control server, so the variables are held to plain data.
+        """
+        path = confine_playbook(tool_dir(), playbook)
+        check_ssh_extra_vars(extra_vars or {})
+        self.ssh_access(host)
+        deployment = Deployment(
+            id=uuid.uuid4().hex,
+            host_id=host.id,
+            kind="playbook",
+            status=RUNNING,
+            created_by=user_id,
+            log=f"[myx] running {playbook} over SSH\n",
+        )
+        session.add(deployment)
+        await session.commit()
+        work = self._playbook_ssh(deployment.id, host.id, path, extra_vars or {}, timeout)
+        self._spawn(deployment.id, self._guarded(deployment.id, work))
+        return deployment
+
+    async def _playbook_ssh(
+        self, deployment_id: str, host_id: int, path: Path, extra_vars: dict[str, Any], timeout: float
+    ) -> None:
+        async with self._slots:
+            _host, access = await self._load(host_id)
+            with self._workdir() as work:
+                ok, output = await self._playbook(
+                    deployment_id, work, access, str(path), extra_vars, timeout=timeout
+                )
+        if not ok:
+            raise DeploymentFailed(_failure_summary(output))
+
+    def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run *work* in the background; stop() cancels what is still running."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     async def _rollout(
         self, plan: list[list[Deployment]], health_deadline: float, force: bool, method: str
@@ -628,8 +672,15 @@ class DeploymentService:
             shutil.rmtree(path, ignore_errors=True)
 
     async def _playbook(
-        self, deployment_id: str, work: Path, access: SshAccess, playbook: str, extravars: dict[str, Any]
+        self,
+        deployment_id: str,
+        work: Path,
+        access: SshAccess,
+        playbook: str,
+        extravars: dict[str, Any],
+        timeout: float | None = None,
     ) -> tuple[bool, str]:
+        """Run *playbook* (a name in the tool's playbooks folder, or an absolute path) into the log."""
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -640,14 +691,12 @@ class DeploymentService:
             while (text := await lines.get()) is not None:
                 await self._append(deployment_id, text + "\n")
 
+        what: dict[str, Any] = {"playbook": str(tool_dir() / "playbooks" / playbook), "extravars": extravars}
+        if timeout is not None:
+            what["timeout"] = max(1, math.ceil(timeout))  # ansible-runner kills the run after it
         pumper = asyncio.create_task(pump())
         try:
-            ok, output = await self._ansible(
-                work,
-                access,
-                {"playbook": str(tool_dir() / "playbooks" / playbook), "extravars": extravars},
-                on_line,
-            )
+            ok, output = await self._ansible(work, access, what, on_line)
         finally:
             lines.put_nowait(None)
             await pumper
@@ -837,6 +886,11 @@ def _run_ansible(
         host_pattern="all" if "module" in what else None,
         **what,
     )
+    if runner.status == "timeout":
+        note = f"TIMEOUT: the playbook ran longer than {what.get('timeout')} s and was stopped"
+        collected.append(note)
+        if on_line is not None:
+            on_line(note)
     return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
 
 

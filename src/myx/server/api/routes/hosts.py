@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
@@ -203,25 +203,35 @@ class PlaybookIn(Strict):
     playbook: str = Field(min_length=1, max_length=1024, examples=["playbooks/ping.yml"])
     extra_vars: dict[str, Any] | None = None
     timeout: float = Field(1800.0, gt=0, le=MAX_TIMEOUT)
+    method: Literal["agent", "ssh"] = "agent"
 
 
 class PlaybookOut(BaseModel):
-    sync: dict[str, Any]
-    command: CommandOut
+    method: str
+    sync: dict[str, Any] | None = None
+    command: CommandOut | None = None
+    deployment: DeploymentOut | None = None
 
 
 @router.post("/{ref}/playbooks", response_model=PlaybookOut, status_code=201)
 async def run_playbook(
     ref: str, body: PlaybookIn, runtime: RuntimeDep, session: SessionDep, user: CurrentUser
 ) -> PlaybookOut:
-    """Sync the deployment tool to the agent (skipped when unchanged) and run a playbook of it there.
+    """Run a playbook of the deployment tool on the host.
 
-    The playbook runs as a command: follow it with /api/commands/{id}/stream."""
+    method=agent: sync the tool to the agent (skipped when unchanged) and run it there as a
+    command (follow /api/commands/{id}/stream). method=ssh: run it from the control server over SSH
+    as a deployment (follow /api/deployments/{id}); its extra_vars must be plain data."""
     host = await runtime.hosts.get(session, ref)
+    if body.method == "ssh":
+        deployment = await runtime.deployments.start_playbook(
+            session, host, body.playbook, body.extra_vars, body.timeout, user.id
+        )
+        return PlaybookOut(method="ssh", deployment=DeploymentOut.of(deployment))
     synced, command = await runtime.ansible.run_playbook(
         host, body.playbook, body.extra_vars, body.timeout, user.id
     )
-    return PlaybookOut(sync=synced, command=CommandOut.of(command))
+    return PlaybookOut(method="agent", sync=synced, command=CommandOut.of(command))
 
 
 class CustomCertIn(Strict):
