@@ -37,6 +37,7 @@ def server(tmp_path: Path, pyz: Path) -> Iterator[ServerProcess]:
         MYX_AGENT_HEARTBEAT_MAX_INTERVAL="1.5",
         MYX_AGENT_RPC_RETRY_MAX_ATTEMPTS="0",
         MYX_REINSTALL_AFTER_FAILED_CYCLES="2",
+        MYX_AUTO_REINSTALL="true",
     )
     proc.setup().start()
     try:
@@ -57,6 +58,14 @@ def _wait_for_reinstall(server: ServerProcess, host: str, timeout: float = 60) -
             return found[0]
         time.sleep(0.5)
     raise AssertionError(f"no automatic reinstall of {host} within {timeout:g} s: {server.host(host)}")
+
+
+def _wait_for_more_failures(server: ServerProcess, host: str, count: int, timeout: float = 60) -> None:
+    """Until the heartbeats have failed *count* times in a row: each was a chance to reinstall."""
+    deadline = time.monotonic() + timeout
+    while server.host(host)["agent"]["consecutive_failures"] < count:
+        assert time.monotonic() < deadline, f"fewer than {count} failed heartbeats in {timeout:g} s"
+        time.sleep(0.5)
 
 
 def test_a_dead_agent_is_reinstalled_but_not_one_stopped_on_purpose(
@@ -83,7 +92,7 @@ def test_a_dead_agent_is_reinstalled_but_not_one_stopped_on_purpose(
         agent = server.host("auto1")["agent"]
         assert agent["needs_reinstall"], agent
         assert agent["stopped_by_operator"], agent
-        time.sleep(4)  # a few more failed cycles
+        _wait_for_more_failures(server, "auto1", agent["consecutive_failures"] + 3)
         assert [d["kind"] for d in _deployments(server, "auto1")] == ["install"]
         assert server.ok(server.api.post("/api/hosts/auto1/agent/start"))["state"] == "running"
         agent = server.wait_status("auto1", "online", timeout=30)["agent"]

@@ -41,6 +41,9 @@ class ServerProcess:
             "MYX_HOST": "127.0.0.1",
             "MYX_CLI_CONFIG": str(workdir / "cli.json"),
             **FAST_HEARTBEATS,
+            # Off unless a test is about it: with heartbeats this fast, an agent a test stops behind
+            # the server's back would be reinstalled within seconds.
+            "MYX_AUTO_REINSTALL": "false",
             **env,
         }
         if database_url:

@@ -128,6 +128,11 @@ class Runtime:
         self.writer.start()
         if background:
             await self.commands.resume_all()
+            interrupted = await self.deployments.fail_interrupted()
+            if interrupted:
+                log.warning(
+                    "%d deployment(s) were cut short by the last stop and are marked failed", interrupted
+                )
             await self.batches.resume_all()
             self.heartbeats.start()
             self.certificates.start()

@@ -3,11 +3,11 @@
 
     check_service.py port-free PORT
         exit 0 when nothing listens on PORT (0.0.0.0 and ::), 1 when something does.
-    check_service.py rpc-health URL TOKEN [--cafile FILE] [--certfile FILE --keyfile FILE]
-                                          [--timeout SECONDS]
-        one JSON-RPC ``health_check`` over HTTPS with certificate verification (and a client
-        certificate for agents that require one); exit 0 when the agent answers ``status: ok``,
-        1 otherwise.
+    check_service.py rpc-health URL (TOKEN | --config CONFIG_JSON) [--cafile FILE | --pin FILE]
+                                    [--certfile FILE --keyfile FILE] [--timeout SECONDS]
+        one JSON-RPC ``health_check`` over HTTPS with certificate verification (against a CA, or
+        pinned to the agent's own certificate) and a client certificate for agents that require
+        one; exit 0 when the agent answers ``status: ok``, 1 otherwise.
 
 Every outcome prints one line; exit 2 is a usage error.
 """
@@ -63,15 +63,48 @@ def port_free(port: int) -> tuple[bool, str]:
     return True, f"port {port} is free"
 
 
-def rpc_health(
-    url: str, token: str, cafile: str | None, timeout: float, client: tuple[str, str] | None = None
-) -> tuple[bool, str]:
-    context = ssl.create_default_context(cafile=cafile)  # verifies the chain and the host name
+# OpenSSL's X509_V_FLAG_PARTIAL_CHAIN (ssl.VERIFY_X509_PARTIAL_CHAIN from Python 3.10 on): a
+# certificate in the trust store is an anchor even when it is not a self-signed root.
+_PARTIAL_CHAIN = getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
+
+
+class CheckError(Exception):
+    """A health check that cannot even be tried (bad inputs): message for the user."""
+
+
+def tls_context(cafile: str | None, pin: str | None, client: tuple[str, str] | None) -> ssl.SSLContext:
+    """Verified TLS: against *cafile* (chain and host name), or against exactly the certificate in
+    *pin* (the one the agent serves, read from its disk; the name then does not matter)."""
+    try:
+        if pin is not None:
+            context = ssl.create_default_context(cafile=pin)
+            context.check_hostname = False  # the pinned certificate itself is the identity
+            context.verify_flags |= _PARTIAL_CHAIN
+        else:
+            context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CheckError(f"cannot load {pin or cafile}: {exc}") from None
     if client is not None:
         try:
             context.load_cert_chain(client[0], client[1])
         except (OSError, ssl.SSLError) as exc:
-            return False, f"cannot load the client certificate {client[0]}: {exc}"
+            raise CheckError(f"cannot load the client certificate {client[0]}: {exc}") from None
+    return context
+
+
+def token_from_config(path: str) -> str:
+    """The agent's token from its config.json, so that it never shows on a command line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = json.load(fh).get("agent_token")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckError(f"cannot read agent_token from {path}: {exc}") from None
+    if not isinstance(token, str) or not token:
+        raise CheckError(f"{path} has no agent_token")
+    return token
+
+
+def rpc_health(url: str, token: str, context: ssl.SSLContext, timeout: float) -> tuple[bool, str]:
     body = json.dumps({"jsonrpc": "2.0", "method": "health_check", "params": {}, "id": 1}).encode()
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the caller's URL
         url,
@@ -94,6 +127,18 @@ def rpc_health(
     return False, f"{url}: unexpected reply {json.dumps(error)[:300]}"
 
 
+def _health(args: argparse.Namespace) -> tuple[bool, str]:
+    if not args.url.startswith("https://"):
+        raise CheckError(f"not an https URL: {args.url}")
+    if (args.token is None) == (args.config is None):
+        raise CheckError("give the token, or --config with the agent's config.json (not both)")
+    if (args.certfile is None) != (args.keyfile is None):
+        raise CheckError("--certfile and --keyfile go together")
+    token = args.token if args.config is None else token_from_config(args.config)
+    client = (args.certfile, args.keyfile) if args.certfile else None
+    return rpc_health(args.url, token, tls_context(args.cafile, args.pin, client), args.timeout)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="check_service.py", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -102,8 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("port", type=int)
     health = sub.add_parser("rpc-health", help="one JSON-RPC health_check over verified HTTPS")
     health.add_argument("url", help="https://HOST:PORT/RPC_PATH/rpc")
-    health.add_argument("token", help="the agent token (X-Agent-Token)")
-    health.add_argument("--cafile", help="CA or certificate to verify the agent with (default: system CAs)")
+    health.add_argument("token", nargs="?", help="the agent token (X-Agent-Token); better: --config")
+    health.add_argument("--config", help="read the token from this agent config.json instead")
+    trust = health.add_mutually_exclusive_group()
+    trust.add_argument("--cafile", help="CA or certificate to verify the agent with (default: system CAs)")
+    trust.add_argument("--pin", help="trust exactly this certificate (the agent's own), whatever its name")
     health.add_argument("--certfile", help="client certificate (PEM), for agents that require one")
     health.add_argument("--keyfile", help="the client certificate's private key (PEM)")
     health.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
@@ -118,14 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ok, message = port_free(args.port)
     else:
-        if not args.url.startswith("https://"):
-            print(f"not an https URL: {args.url}", file=sys.stderr)
+        try:
+            ok, message = _health(args)
+        except CheckError as exc:
+            print(exc, file=sys.stderr)
             return 2
-        if (args.certfile is None) != (args.keyfile is None):
-            print("--certfile and --keyfile go together", file=sys.stderr)
-            return 2
-        client = (args.certfile, args.keyfile) if args.certfile else None
-        ok, message = rpc_health(args.url, args.token, args.cafile, args.timeout, client)
     print(message)
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -95,7 +95,7 @@ class Agent(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     needs_reinstall: Mapped[bool] = mapped_column(Boolean, default=False)
     # An operator stopped the agent on purpose (`agent/stop`): heartbeats failing then is no reason
-    # to reinstall it automatically. Cleared when it is started, restarted or installed again.
+    # to reinstall it automatically. Cleared when MyX starts, restarts or installs it again.
     stopped_by_operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     metrics: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     metrics_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

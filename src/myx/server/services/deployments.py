@@ -45,7 +45,7 @@ from myx.server.db.models import (
     Deployment,
     Host,
 )
-from myx.server.errors import AgentRejected, AgentUnavailable, InvalidInput, NotFound
+from myx.server.errors import AgentRejected, AgentUnavailable, InvalidInput, NotFound, StateConflict
 from myx.server.security.crypto import SecretBox
 from myx.server.services.ansible import check_ssh_extra_vars, confine_playbook
 from myx.server.services.events import EventBus
@@ -59,7 +59,7 @@ PORT_TAKEN_MARKER = "MYX_PORT_TAKEN"
 LOG_PREFIX = "MYX_LOG| "
 STATUS_PREFIX = "MYX_STATUS| "
 PORT_ATTEMPTS = 3
-# How long the client certificate of an SSH upgrade's health check is valid.
+# How long the client certificate of an SSH upgrade's health check is valid, beyond its deadlines.
 PROBE_VALIDITY = timedelta(minutes=30)
 WAIT_EVERY = 3.0
 PROGRESS_EVERY = 10.0
@@ -187,6 +187,7 @@ class DeploymentService:
             raise InvalidInput(f"unknown deployment kind {kind!r}")
         self.ssh_access(host)  # fail now, not in the background, when credentials are missing
         options = self.options(host, overrides)
+        await self._refuse_busy(session, [host])
         if kind != "uninstall" and (self.agent_pyz is None or not self.agent_pyz.is_file()):
             raise InvalidInput(
                 "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ "
@@ -221,6 +222,7 @@ class DeploymentService:
         ``ssh``: with upgrade_agent.yml, which keeps a backup and restores it in ``rescue``.
         """
         self._check_upgrade(method, [host])
+        await self._refuse_busy(session, [host])
         deployment = Deployment(
             id=uuid.uuid4().hex, host_id=host.id, kind="upgrade", status=RUNNING, created_by=user_id, log=""
         )
@@ -246,7 +248,7 @@ class DeploymentService:
         self, method: str, deployment_id: str, host_id: int, health_deadline: float, force: bool
     ) -> Coroutine[Any, Any, None]:
         if method == "ssh":
-            return self._upgrade_ssh(deployment_id, host_id, health_deadline)
+            return self._upgrade_ssh(deployment_id, host_id, health_deadline, force)
         return self._upgrade(deployment_id, host_id, health_deadline, force)
 
     async def service_action(self, host: Host, action: str) -> str:
@@ -271,6 +273,9 @@ class DeploymentService:
                 {"playbook": str(tool_dir() / "playbooks" / "agent_service.yml"), "extravars": extravars},
             )
         if not ok:
+            if action == "stop":
+                # It may well run on: a stop that failed is no reason to leave it unattended.
+                await self._set_stopped_by_operator(host.id, False)
             raise AgentUnavailable(f"{host.name}: {action} over SSH failed: {_failure_summary(output)}")
         if action in ("start", "restart"):
             await self._set_stopped_by_operator(host.id, False)
@@ -302,6 +307,36 @@ class DeploymentService:
                 None,
                 note=f"automatic reinstall: the agent stopped answering its heartbeats ({reason})",
             )
+
+    async def _refuse_busy(self, session: AsyncSession, hosts: list[Host]) -> None:
+        """One deployment per host at a time: two playbooks on one host would trip over each other."""
+        for host in hosts:
+            if await self._deploying(session, host.id):
+                raise StateConflict(
+                    f"host {host.name!r} has a deployment running: wait for it (GET /api/hosts/{host.name}"
+                    "/deployments)"
+                )
+
+    async def fail_interrupted(self) -> int:
+        """At start-up: deployments the previous run left running or pending end as failed.
+
+        Their Ansible runs died with that process; left as they are, they would block the host's next
+        deployment for good. Returns how many there were.
+        """
+
+        async def op(session: AsyncSession) -> int:
+            result = await session.execute(
+                update(Deployment)
+                .where(Deployment.status.in_((RUNNING, PENDING)))
+                .values(
+                    status=FAILED,
+                    error="the control server stopped during the deployment",
+                    finished_at=utcnow(),
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+        return int(await self.writer.submit(op))
 
     @staticmethod
     async def _deploying(session: AsyncSession, host_id: int) -> bool:
@@ -338,6 +373,7 @@ class DeploymentService:
         if not hosts:
             raise InvalidInput("no hosts to upgrade")
         self._check_upgrade(method, hosts)
+        await self._refuse_busy(session, hosts)
         if canary < 0 or batch_size < 1:
             raise InvalidInput("canary must be >= 0 and batch_size >= 1")
         deployments = [
@@ -371,6 +407,7 @@ class DeploymentService:
         path = confine_playbook(tool_dir(), playbook)
         check_ssh_extra_vars(extra_vars or {})
         self.ssh_access(host)
+        await self._refuse_busy(session, [host])
         deployment = Deployment(
             id=uuid.uuid4().hex,
             host_id=host.id,
@@ -497,12 +534,19 @@ class DeploymentService:
             f"the agent did not report the upgrade's outcome within {health_deadline + 60:g} s"
         )
 
-    async def _upgrade_ssh(self, deployment_id: str, host_id: int, health_deadline: float) -> None:
+    async def _upgrade_ssh(
+        self, deployment_id: str, host_id: int, health_deadline: float, force: bool
+    ) -> None:
         """upgrade_agent.yml: backup, replace, restart, health check; the rescue restores the backup."""
         assert self.agent_pyz is not None
         target = _pyz_version(self.agent_pyz.read_bytes())
         async with self._slots:
             host, access = await self._load(host_id)
+            if host.agent.version == target and not force:
+                await self._say(
+                    deployment_id, f"{host.name} already runs {target}: nothing to do (force redoes it)"
+                )
+                return
             options = self.options(host)
             await self._say(
                 deployment_id,
@@ -518,16 +562,20 @@ class DeploymentService:
                 "myx_health_timeout": max(1, math.ceil(health_deadline)),
             }
             with self._workdir() as work:
-                extravars.update(self._probe_certificate(work, host.name))
+                extravars.update(self._probe_certificate(work, host.name, health_deadline))
                 ok, output = await self._playbook(deployment_id, work, access, "upgrade_agent.yml", extravars)
         if not ok:
             raise DeploymentFailed(_upgrade_failure(output))
         await self._mark_online(host_id)
         await self._say(deployment_id, f"the agent answers on {target}")
 
-    def _probe_certificate(self, work: Path, host_name: str) -> dict[str, str]:
-        """A throwaway client certificate for upgrade_agent.yml's health check on the host."""
-        issued = self.hosts.ca.issue_probe_certificate(f"MyX upgrade check {host_name}", PROBE_VALIDITY)
+    def _probe_certificate(self, work: Path, host_name: str, health_deadline: float) -> dict[str, str]:
+        """A throwaway client certificate for upgrade_agent.yml's health check on the host.
+
+        Valid for both health checks (the new version's, then the rollback's) plus the rest of the run.
+        """
+        validity = PROBE_VALIDITY + timedelta(seconds=2 * health_deadline)
+        issued = self.hosts.ca.issue_probe_certificate(f"MyX upgrade check {host_name}", validity)
         _write_private(work / "probe.crt", issued.cert_pem, 0o600)
         _write_private(work / "probe.key", issued.key_pem, 0o600)
         return {

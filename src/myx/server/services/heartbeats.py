@@ -122,10 +122,6 @@ class HeartbeatScheduler:
             agent.last_error = None
             agent.consecutive_failures = 0
             agent.needs_reinstall = False
-            if old != AGENT_ONLINE:
-                # Back after being down: started again, however. (Not on every answer: one
-                # that came just before an operator's stop must not undo that stop.)
-                agent.stopped_by_operator = False
             agent.rpc_supported = True
             agent.metrics = status
             agent.metrics_at = now
