@@ -276,3 +276,26 @@ def test_spool_files_are_private(agent: AgentProcess) -> None:
     for path in [spool, *spool.iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
     assert os.stat(Path(agent.workdir, "state")).st_mode & 0o077 == 0
+
+
+def test_a_character_still_being_written_is_held_back_whole(tmp_path: Path) -> None:
+    """The pipe can hand over the first bytes of a character alone: a read then gets nothing yet,
+    never a base64 fragment (seen on a loaded machine), unless its limit asks for fewer bytes."""
+    from myx.agent.outputlog import OutputLog
+    from myx.agent.runner import Command
+
+    log = OutputLog(str(tmp_path), "c1", 1 << 20)
+    log.open_for_append()
+    try:
+        command = Command("c1", str(tmp_path), log)
+        char = "😀".encode()
+        log.append("stdout", b"ok " + char[:1])
+        assert [c.to_wire() for c in command.read(0, 100)] == [{"stream": "stdout", "data": "ok "}]
+        assert command.read(3, 100) == []  # only the character's first byte so far
+        log.append("stdout", char[1:3])
+        assert command.read(3, 100) == []
+        assert command.read(3, 1)[0].to_wire()["encoding"] == "base64"  # asked for one byte
+        log.append("stdout", char[3:])
+        assert [c.to_wire() for c in command.read(3, 100)] == [{"stream": "stdout", "data": "😀"}]
+    finally:
+        log.close()

@@ -224,6 +224,10 @@ class AgentRpc:
         if p.wait > 0 and p.offset >= command.log.size:
             await command.wait_changed(p.wait)
         chunks = command.read(p.offset, p.limit)
+        if not chunks and p.wait > 0 and not command.finished and p.offset < command.log.size:
+            # Part of a character so far (held back): wait for the rest instead of a caller spinning.
+            await command.wait_changed(p.wait)
+            chunks = command.read(p.offset, p.limit)
         new_offset = chunks[-1].end if chunks else p.offset
         wire_chunks = [c.to_wire() for c in chunks]
         streams = {c.stream for c in chunks}

@@ -98,6 +98,10 @@ class Command:
                 chunks[-1:] = (
                     [OutputChunk(last.command_id, last.offset, last.stream, last.data[:cut])] if cut else []
                 )
+            elif cut == 0 and not self.finished and last.end >= self.log.size:
+                # Only the first bytes of a character that is still being written: nothing to
+                # send yet. (A read cut short by *limit* gets them, or it could never go on.)
+                chunks = []
         return chunks
 
     def is_final_at(self, offset: int) -> bool:
