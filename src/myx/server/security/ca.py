@@ -204,12 +204,10 @@ class FleetCA:
         )
         return _issued(cert, key)
 
-    def issue_probe_certificate(self, common_name: str, validity: timedelta) -> IssuedCertificate:
-        """A short-lived client certificate for a health check run ON a host (SSH upgrades).
-
-        Agents require a client certificate from this CA; the control server's own key never leaves
-        it, so a check made on the host gets a throwaway one instead. It opens nothing by itself:
-        every RPC still needs the agent's own token.
+    def issue_client_certificate(self, common_name: str, validity: timedelta) -> IssuedCertificate:
+        """A client certificate agents accept: the control server's own, or a short-lived one for a
+        health check run ON a host (SSH upgrades), since the control server's key never leaves it.
+        It opens nothing by itself: every RPC still needs the agent's own token.
         """
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
@@ -263,18 +261,11 @@ class FleetCA:
             _refuse_open_permissions(key_path)
         if self._client_certificate_current(cert_path, key_path):
             return
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MyX"),
-                x509.NameAttribute(NameOID.COMMON_NAME, "MyX control server"),
-            ]
-        )
-        cert = self._sign(subject, key, CLIENT_VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH)
+        issued = self.issue_client_certificate("MyX control server", CLIENT_VALIDITY)
         # Key first: a crash in between leaves a pair that does not match, which the next start
         # detects and replaces, rather than a new certificate next to an old key.
-        _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write_atomic(key_path, issued.key_pem, 0o600)
+        _write_atomic(cert_path, issued.cert_pem, 0o644)
 
     def _client_certificate_current(self, cert_path: Path, key_path: Path) -> bool:
         """True when the pair exists, matches, was issued by this CA and is not due for renewal."""

@@ -575,7 +575,7 @@ class DeploymentService:
         Valid for both health checks (the new version's, then the rollback's) plus the rest of the run.
         """
         validity = PROBE_VALIDITY + timedelta(seconds=2 * health_deadline)
-        issued = self.hosts.ca.issue_probe_certificate(f"MyX upgrade check {host_name}", validity)
+        issued = self.hosts.ca.issue_client_certificate(f"MyX upgrade check {host_name}", validity)
         _write_private(work / "probe.crt", issued.cert_pem, 0o600)
         _write_private(work / "probe.key", issued.key_pem, 0o600)
         return {
