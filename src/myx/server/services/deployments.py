@@ -188,22 +188,10 @@ class DeploymentService:
         self.ssh_access(host)  # fail now, not in the background, when credentials are missing
         options = self.options(host, overrides)
         await self._refuse_busy(session, [host])
-        if kind != "uninstall" and (self.agent_pyz is None or not self.agent_pyz.is_file()):
-            raise InvalidInput(
-                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ "
-                "to its path"
-            )
+        if kind != "uninstall":
+            self._require_pyz()
         host.install_options = {k: v for k, v in options.items() if v != DEFAULT_OPTIONS[k]}
-        deployment = Deployment(
-            id=uuid.uuid4().hex,
-            host_id=host.id,
-            kind=kind,
-            status=RUNNING,
-            created_by=user_id,
-            log=f"[myx] {note}\n" if note else "",
-        )
-        session.add(deployment)
-        await session.commit()
+        deployment = await self._record(session, host, kind, user_id, note)
         self._spawn(deployment.id, self._run(deployment.id, host.id, kind, options))
         return deployment
 
@@ -223,23 +211,26 @@ class DeploymentService:
         """
         self._check_upgrade(method, [host])
         await self._refuse_busy(session, [host])
-        deployment = Deployment(
-            id=uuid.uuid4().hex, host_id=host.id, kind="upgrade", status=RUNNING, created_by=user_id, log=""
-        )
-        session.add(deployment)
-        await session.commit()
+        deployment = await self._record(session, host, "upgrade", user_id)
         work = self._upgrade_work(method, deployment.id, host.id, health_deadline, force)
         self._spawn(deployment.id, self._guarded(deployment.id, work))
         return deployment
+
+    def _pyz_ready(self) -> bool:
+        return self.agent_pyz is not None and self.agent_pyz.is_file()
+
+    def _require_pyz(self) -> None:
+        if not self._pyz_ready():
+            raise InvalidInput(
+                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ "
+                "to its path"
+            )
 
     def _check_upgrade(self, method: str, hosts: list[Host]) -> None:
         """Refuse at once what would only fail in the background."""
         if method not in UPGRADE_METHODS:
             raise InvalidInput(f"unknown upgrade method {method!r}: use {' or '.join(UPGRADE_METHODS)}")
-        if self.agent_pyz is None or not self.agent_pyz.is_file():
-            raise InvalidInput(
-                "the agent zipapp is not available: build it with 'make pyz' and set MYX_AGENT_PYZ"
-            )
+        self._require_pyz()
         if method == "ssh":
             for host in hosts:
                 self.ssh_access(host)
@@ -287,7 +278,7 @@ class DeploymentService:
         Only where the host has SSH credentials and its agent was not stopped on purpose; never
         while another deployment of the host runs; at most once per cooldown per host.
         """
-        if self.auto_reinstall_cooldown is None or self.agent_pyz is None or not self.agent_pyz.is_file():
+        if self.auto_reinstall_cooldown is None or not self._pyz_ready():
             return None
         last = self._auto_reinstalls.get(host_id)
         if last is not None and time.monotonic() - last < self.auto_reinstall_cooldown:
@@ -376,12 +367,7 @@ class DeploymentService:
         await self._refuse_busy(session, hosts)
         if canary < 0 or batch_size < 1:
             raise InvalidInput("canary must be >= 0 and batch_size >= 1")
-        deployments = [
-            Deployment(
-                id=uuid.uuid4().hex, host_id=h.id, kind="upgrade", status=PENDING, created_by=user_id, log=""
-            )
-            for h in hosts
-        ]
+        deployments = [_new_deployment(h.id, "upgrade", user_id, PENDING) for h in hosts]
         session.add_all(deployments)
         await session.commit()
         plan = [[d] for d in deployments[:canary]]
@@ -408,16 +394,7 @@ class DeploymentService:
         check_ssh_extra_vars(extra_vars or {})
         self.ssh_access(host)
         await self._refuse_busy(session, [host])
-        deployment = Deployment(
-            id=uuid.uuid4().hex,
-            host_id=host.id,
-            kind="playbook",
-            status=RUNNING,
-            created_by=user_id,
-            log=f"[myx] running {playbook} over SSH\n",
-        )
-        session.add(deployment)
-        await session.commit()
+        deployment = await self._record(session, host, "playbook", user_id, f"running {playbook} over SSH")
         work = self._playbook_ssh(deployment.id, host.id, path, extra_vars or {}, timeout)
         self._spawn(deployment.id, self._guarded(deployment.id, work))
         return deployment
@@ -433,6 +410,16 @@ class DeploymentService:
                 )
         if not ok:
             raise DeploymentFailed(_failure_summary(output))
+
+    @staticmethod
+    async def _record(
+        session: AsyncSession, host: Host, kind: str, user_id: int | None, note: str | None = None
+    ) -> Deployment:
+        """A running deployment of *host*, stored before its work starts."""
+        deployment = _new_deployment(host.id, kind, user_id, RUNNING, note)
+        session.add(deployment)
+        await session.commit()
+        return deployment
 
     def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
         """Run *work* in the background; stop() cancels what is still running."""
@@ -555,10 +542,7 @@ class DeploymentService:
             )
             extravars = {
                 "myx_pyz_src": str(self.agent_pyz),
-                "myx_install_dir": options["install_dir"],
-                "myx_config_dir": options["config_dir"],
-                "myx_state_dir": options["state_dir"],
-                "myx_service_manager": options["service_manager"],
+                **_layout_vars(options),
                 "myx_health_timeout": max(1, math.ceil(health_deadline)),
             }
             with self._workdir() as work:
@@ -636,10 +620,7 @@ class DeploymentService:
                     "myx_pyz_src": str(self.agent_pyz),
                     "myx_bundle_src": str(bundle),
                     "myx_rpc_port": host.agent.rpc_port,
-                    "myx_install_dir": options["install_dir"],
-                    "myx_config_dir": options["config_dir"],
-                    "myx_state_dir": options["state_dir"],
-                    "myx_service_manager": options["service_manager"],
+                    **_layout_vars(options),
                 }
                 ok, output = await self._playbook(deployment_id, work, access, "install_agent.yml", extravars)
             if ok:
@@ -659,10 +640,7 @@ class DeploymentService:
             deployment_id, f"uninstalling the agent from {access.user}@{access.address}:{access.port}"
         )
         extravars = {
-            "myx_install_dir": options["install_dir"],
-            "myx_config_dir": options["config_dir"],
-            "myx_state_dir": options["state_dir"],
-            "myx_service_manager": options["service_manager"],
+            **_layout_vars(options),
             "myx_purge": True,
         }
         with self._workdir() as work:
@@ -940,6 +918,30 @@ def _run_ansible(
         if on_line is not None:
             on_line(note)
     return runner.status == "successful" and runner.rc == 0, "\n".join(collected)
+
+
+def _layout_vars(options: dict[str, str]) -> dict[str, str]:
+    """Where the agent lives on the host, as the agent playbooks (agent_facts.yml) take it."""
+    return {
+        "myx_install_dir": options["install_dir"],
+        "myx_config_dir": options["config_dir"],
+        "myx_state_dir": options["state_dir"],
+        "myx_service_manager": options["service_manager"],
+    }
+
+
+def _new_deployment(
+    host_id: int, kind: str, user_id: int | None, status: str, note: str | None = None
+) -> Deployment:
+    """*note*, when given, is the log's first line."""
+    return Deployment(
+        id=uuid.uuid4().hex,
+        host_id=host_id,
+        kind=kind,
+        status=status,
+        created_by=user_id,
+        log=f"[myx] {note}\n" if note else "",
+    )
 
 
 def _has_ssh_access(host: Host) -> bool:
