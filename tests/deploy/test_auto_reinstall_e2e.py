@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from deploy import test_install_e2e as install
-from deploy.test_install_e2e import _follow, _options, _stop_agent
+from deploy.test_install_e2e import _follow, _options, _stop_agent, add_root_ssh_host
 from support.serverproc import ServerProcess
 from support.sshd import SshServer, sshd_unavailable
 
@@ -72,11 +72,7 @@ def test_a_dead_agent_is_reinstalled_but_not_one_stopped_on_purpose(
     server: ServerProcess, sshd: SshServer, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "host"
-    server.add_host("auto1", address="127.0.0.1")
-    key = sshd.client_key().read_text()
-    server.ok(
-        server.api.put("/api/hosts/auto1/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
-    )
+    add_root_ssh_host(server, sshd, "auto1")
     try:
         done = _follow(
             server, server.ok(server.api.post("/api/hosts/auto1/install", json=_options(prefix)))["id"]

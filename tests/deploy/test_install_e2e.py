@@ -40,6 +40,15 @@ def server(tmp_path: Path, pyz: Path) -> Iterator[ServerProcess]:
         proc.shutdown()
 
 
+def add_root_ssh_host(server: ServerProcess, sshd: SshServer, name: str, **fields: Any) -> None:
+    """A host on 127.0.0.1 that the control server reaches as root on *sshd*, with its client key."""
+    server.add_host(name, address="127.0.0.1", **fields)
+    key = sshd.client_key().read_text()
+    server.ok(
+        server.api.put(f"/api/hosts/{name}/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
+    )
+
+
 def _options(prefix: Path) -> dict[str, str]:
     return {
         "install_dir": str(prefix / "opt"),
@@ -79,11 +88,7 @@ def test_fresh_install_over_ssh_ends_online_and_runs_a_command(
     server: ServerProcess, sshd: SshServer, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "host"
-    server.add_host("ssh1", address="127.0.0.1")
-    key = sshd.client_key().read_text()
-    server.ok(
-        server.api.put("/api/hosts/ssh1/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
-    )
+    add_root_ssh_host(server, sshd, "ssh1")
     try:
         started = server.ok(server.api.post("/api/hosts/ssh1/install", json=_options(prefix)))
         done = _follow(server, started["id"])
@@ -109,13 +114,7 @@ def test_install_into_a_taken_port_picks_another(
 ) -> None:
     prefix = tmp_path / "host"
     taken = free_port()
-    server.add_host("ssh2", address="127.0.0.1", rpc_port=taken)
-    server.ok(
-        server.api.put(
-            "/api/hosts/ssh2/ssh",
-            json={"user": "root", "port": sshd.port, "private_key": sshd.client_key().read_text()},
-        )
-    )
+    add_root_ssh_host(server, sshd, "ssh2", rpc_port=taken)
     with socket.socket() as squatter:
         squatter.bind(("0.0.0.0", taken))
         squatter.listen()
@@ -195,13 +194,7 @@ def test_cli_install_follow_with_password_as_a_user(
 
 
 def test_a_changed_host_key_is_refused(server: ServerProcess, sshd: SshServer, tmp_path: Path) -> None:
-    server.add_host("ssh6", address="127.0.0.1")
-    server.ok(
-        server.api.put(
-            "/api/hosts/ssh6/ssh",
-            json={"user": "root", "port": sshd.port, "private_key": sshd.client_key().read_text()},
-        )
-    )
+    add_root_ssh_host(server, sshd, "ssh6")
     # the control server remembered another key for this address (trust on first use)
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -219,11 +212,7 @@ def test_agent_lifecycle_over_ssh_and_through_the_agent(
     server: ServerProcess, sshd: SshServer, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "host"
-    server.add_host("ssh7", address="127.0.0.1")
-    key = sshd.client_key().read_text()
-    server.ok(
-        server.api.put("/api/hosts/ssh7/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
-    )
+    add_root_ssh_host(server, sshd, "ssh7")
     try:
         done = _follow(
             server, server.ok(server.api.post("/api/hosts/ssh7/install", json=_options(prefix)))["id"]
@@ -263,15 +252,9 @@ def test_many_hosts_install_in_parallel(tmp_path: Path, pyz: Path, sshd: SshServ
     )
     proc.setup().start()
     names = ["par1", "par2", "par3"]
-    key = sshd.client_key().read_text()
     try:
         for name in names:
-            proc.add_host(name, address="127.0.0.1", labels={"wave": "parallel"})
-            proc.ok(
-                proc.api.put(
-                    f"/api/hosts/{name}/ssh", json={"user": "root", "port": sshd.port, "private_key": key}
-                )
-            )
+            add_root_ssh_host(proc, sshd, name, labels={"wave": "parallel"})
         started = {
             name: proc.ok(proc.api.post(f"/api/hosts/{name}/install", json=_options(tmp_path / name)))["id"]
             for name in names

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from deploy import test_install_e2e as install
-from deploy.test_install_e2e import _follow
+from deploy.test_install_e2e import _follow, add_root_ssh_host
 from support.serverproc import ServerProcess
 from support.sshd import SshServer, sshd_unavailable
 
@@ -32,14 +32,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         proc.shutdown()
 
 
-def _with_ssh(server: ServerProcess, sshd: SshServer, name: str) -> None:
-    server.add_host(name, address="127.0.0.1")
-    key = sshd.client_key().read_text()
-    server.ok(
-        server.api.put(f"/api/hosts/{name}/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
-    )
-
-
 def _run(server: ServerProcess, name: str, playbook: str, extra_vars: dict[str, Any]) -> Any:
     return server.api.post(
         f"/api/hosts/{name}/playbooks", json={"playbook": playbook, "extra_vars": extra_vars, "method": "ssh"}
@@ -47,7 +39,7 @@ def _run(server: ServerProcess, name: str, playbook: str, extra_vars: dict[str, 
 
 
 def test_playbooks_run_over_ssh_as_deployments(server: ServerProcess, sshd: SshServer) -> None:
-    _with_ssh(server, sshd, "pb1")
+    add_root_ssh_host(server, sshd, "pb1")
     started = server.ok(_run(server, "pb1", "playbooks/ping.yml", {"who": "the SSH test"}))
     assert started["method"] == "ssh"
     assert started["command"] is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy import test_install_e2e as install
-from deploy.test_install_e2e import _follow, _options, _stop_agent
+from deploy.test_install_e2e import _follow, _options, _stop_agent, add_root_ssh_host
 from deploy.test_upgrade_e2e import _variant
 from support.serverproc import MYX, ServerProcess
 from support.sshd import sshd_unavailable
@@ -51,11 +51,7 @@ def test_ssh_upgrade_then_broken_build_rolled_back(
     server: ServerProcess, sshd: install.SshServer, offered: Path, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "host"
-    server.add_host("sshup", address="127.0.0.1")
-    key = sshd.client_key().read_text()
-    server.ok(
-        server.api.put("/api/hosts/sshup/ssh", json={"user": "root", "port": sshd.port, "private_key": key})
-    )
+    add_root_ssh_host(server, sshd, "sshup")
     try:
         done = _follow(
             server, server.ok(server.api.post("/api/hosts/sshup/install", json=_options(prefix)))["id"]
